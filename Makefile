@@ -1,0 +1,56 @@
+# storeplane — every target works on a fresh machine with only Python 3.11+ and make:
+# it fetches uv if missing, creates the environment from uv.lock and generates the protobuf code.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen --all-packages
+PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
+PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
+
+.PHONY: run up test lint proto bench ci seed demo health clean fmt
+
+run: .venv/.synced libs/contracts/.generated  ## the embedded stack: all five processes in one, SQLite, in-process bus
+	$(RUN) storeplane run
+
+up: .venv/.synced libs/contracts/.generated  ## each service its own process; DATABASE_URL_<SVC> / AMQP_URL from the environment
+	$(RUN) storeplane up
+
+test: .venv/.synced libs/contracts/.generated  ## every test (PostgreSQL and RabbitMQ must answer on 127.0.0.1)
+	$(RUN) pytest -q $(PYTEST_ARGS)
+
+lint: .venv/.synced libs/contracts/.generated  ## ruff, mypy, buf lint
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy libs/runtime/src services/*/src cli/src
+	cd protos && $(RUN) buf lint
+
+fmt: .venv/.synced
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+proto: .venv/.synced  ## regenerate libs/contracts from protos/
+	$(RUN) python scripts/gen_protos.py
+
+bench: .venv/.synced libs/contracts/.generated  ## benchmarks: figures and ratios against a floor measured in the same run
+	$(RUN) python -m benchmarks $(BENCH_ARGS)
+
+ci: lint test
+
+seed demo health: .venv/.synced libs/contracts/.generated
+	$(RUN) storeplane $@
+
+libs/contracts/.generated: $(PROTOS) scripts/gen_protos.py .venv/.synced
+	$(RUN) python scripts/gen_protos.py
+
+.venv/.synced: uv.lock $(PYPROJECTS) | $(UV)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+clean:
+	rm -rf .venv .tools var libs/contracts/.generated
+	find libs/contracts/src/pos -name '*_pb2*' -delete

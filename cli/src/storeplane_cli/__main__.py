@@ -1,0 +1,3 @@
+from storeplane_cli.main import main
+
+main()

@@ -1,0 +1,93 @@
+"""Fixtures every test directory shares: real PostgreSQL databases, free ports, the CI rule for servers.
+
+In CI (CI=true) a test that needs PostgreSQL or RabbitMQ fails when the server is missing; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("STOREPLANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(server: str, reason: str) -> None:
+    """Fail in CI, skip elsewhere."""
+    message = f"{server} is not reachable: {reason}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[object]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=2)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:
+        engine.dispose()
+        need("PostgreSQL", str(exc).splitlines()[0])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def make_postgres_url(postgres_admin: object) -> Iterator[Callable[[], str]]:
+    """Creates fresh, uniquely named databases and drops them after the test."""
+    from sqlalchemy import Engine, text
+    from sqlalchemy.engine import make_url
+
+    admin: Engine = postgres_admin  # type: ignore[assignment]
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"sp_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_url(make_postgres_url: Callable[[], str]) -> str:
+    return make_postgres_url()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: object) -> str:
+    return f"sqlite:///{tmp_path}/test.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Runs a test on both database kinds."""
+    if request.param == "sqlite":
+        url: str = request.getfixturevalue("sqlite_url")
+        return url
+    postgres: str = request.getfixturevalue("postgres_url")
+    return postgres

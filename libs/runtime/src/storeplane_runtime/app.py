@@ -1,0 +1,122 @@
+"""A service process: its settings, database, gRPC host and background workers, started and stopped as one.
+
+Every service's `main.py` builds a `ServiceApp`; `command_line` gives it `serve` and `migrate`.
+The embedded stack starts several apps in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from storeplane_runtime.db import Database
+from storeplane_runtime.errors import BASE_ERROR_TABLE, ErrorTable
+from storeplane_runtime.logs import configure_logging
+from storeplane_runtime.migrations import SchemaError, ensure_schema, upgrade
+from storeplane_runtime.server import Registration, ServiceHost, run_until_signal
+from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    """Something that runs beside the gRPC server (outbox relay, event consumer, expiry sweeper)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class ServiceApp:
+    """One service: gRPC host, optional database (with its migrations) and workers."""
+
+    name: str
+    settings: ServiceSettings
+    host: ServiceHost
+    database: Database | None = None
+    migrations: Path | None = None
+    workers: list[Worker] = field(default_factory=list)
+
+    @classmethod
+    def with_database(
+        cls,
+        name: str,
+        settings: ServiceSettings,
+        registrations: Sequence[Registration],
+        *,
+        package_file: str,
+        error_table: ErrorTable = BASE_ERROR_TABLE,
+    ) -> ServiceApp:
+        """The usual service: its own database and migrations beside the package, gRPC services on one host."""
+        database = Database(settings.resolved_database_url())
+        host = ServiceHost(settings, registrations=registrations, error_table=error_table)
+        return cls(name, settings, host, database, migrations_dir(package_file))
+
+    def prepare_schema(self) -> None:
+        if self.database is not None and self.migrations is not None:
+            ensure_schema(
+                self.database.engine, self.migrations, service=self.name, auto_migrate=self.settings.auto_migrate
+            )
+
+    def start(self) -> int:
+        """Check (or upgrade) the schema, start workers, then serve; returns the gRPC port."""
+        self.prepare_schema()
+        for worker in self.workers:
+            worker.start()
+        return self.host.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        self.host.stop(grace)
+        for worker in reversed(self.workers):
+            worker.stop()
+        if self.database is not None:
+            self.database.dispose()
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def migrations_dir(package_file: str) -> Path:
+    """`services/<name>/migrations`, found from a module inside `services/<name>/src/<name>/`."""
+    return Path(package_file).resolve().parents[2] / "migrations"
+
+
+def command_line(
+    name: str,
+    settings_cls: type[S],
+    create_app: Callable[[S], ServiceApp],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """`python -m <name> [serve|migrate]`: serve until SIGTERM/SIGINT, or upgrade the schema and exit."""
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"storeplane {name} service")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(settings_cls, name)
+        configure_logging(settings.log_level)
+        app = create_app(settings)
+        if args.command == "migrate":
+            if app.database is None or app.migrations is None:
+                print(f"{name}: has no database to migrate", file=sys.stderr)
+                raise SystemExit(2)
+            upgrade(app.database.engine, app.migrations)
+            log.info("migrated", extra={"service": name})
+            return
+        app.start()
+    except (SettingsError, SchemaError) as exc:
+        print(str(exc.code), file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run_until_signal([app.host])
+    for worker in reversed(app.workers):
+        worker.stop()
+    if app.database is not None:
+        app.database.dispose()

@@ -1,0 +1,124 @@
+"""Database access: one engine per service, sessions, and the unit of work that writes events to the outbox
+in the same transaction as the state change. Works on SQLite (embedded) and PostgreSQL (distributed)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from google.protobuf.message import Message
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from storeplane_runtime import outbox
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """An engine and a session factory, plus hooks run after every commit that wrote events."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False) -> None:
+        parsed = make_url(url)
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_recycle=1800)
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            _serialise_sqlite_writers(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._committed_hooks: list[Callable[[], None]] = []
+        self._hooks_lock = threading.Lock()
+
+    def on_events_committed(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after each commit that wrote outbox rows (the relay uses it to wake at once)."""
+        with self._hooks_lock:
+            self._committed_hooks.append(hook)
+
+    def events_committed(self) -> None:
+        for hook in list(self._committed_hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("after-commit hook failed")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    # pysqlite's deferred BEGIN lets two writers deadlock on lock upgrade; take the write lock up front,
+    # use WAL so readers of other connections are not blocked, and wait for the lock rather than fail.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class UnitOfWork:
+    """One transaction: state changes and the events they cause commit together or not at all.
+
+    Use as a context manager; nothing is committed unless `commit()` is called.
+    """
+
+    def __init__(self, database: Database, *, source: str) -> None:
+        self.database = database
+        self.source = source
+        self.session: Session
+        self._pending: list[outbox.PendingEvent] = []
+        self._committed = False
+
+    def __enter__(self) -> Self:
+        self.session = self.database.sessions()
+        self._pending = []
+        self._committed = False
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if not self._committed:
+                self.session.rollback()
+        finally:
+            self.session.close()
+
+    def publish(self, event: Message, *, subject: str = "", store_id: str = "") -> str:
+        """Queue `event` for the outbox of this transaction; returns its event id."""
+        pending = outbox.prepare(event, source=self.source, subject=subject, store_id=store_id)
+        self._pending.append(pending)
+        return pending.event_id
+
+    def commit(self) -> None:
+        wrote_events = bool(self._pending)
+        if wrote_events:
+            outbox.write(self.session, self._pending)
+            self._pending = []
+        self.session.commit()
+        self._committed = True
+        if wrote_events:
+            self.database.events_committed()
+
+    def rollback(self) -> None:
+        self._pending = []
+        self.session.rollback()

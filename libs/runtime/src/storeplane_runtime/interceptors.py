@@ -1,0 +1,145 @@
+"""The server-side chain every process runs: deadline, metrics and logs, domain errors to statuses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from storeplane_runtime.deadlines import reset_deadline, set_deadline
+from storeplane_runtime.errors import DomainError, ErrorMapper, build_status
+from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY
+
+log = logging.getLogger("storeplane.rpc")
+
+
+def _split(method: str) -> tuple[str, str]:
+    _, service, name = method.split("/", 2) if method.count("/") >= 2 else ("", "", method)
+    return service, name
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):
+    """Wraps each handler: applies a default deadline, records metrics and one log line, and turns
+    exceptions into statuses — domain errors by the service's table, anything else INTERNAL without a
+    traceback to the caller (never UNKNOWN)."""
+
+    def __init__(self, mapper: ErrorMapper, default_deadline: float) -> None:
+        self._mapper = mapper
+        self._default_deadline = default_deadline
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        service, name = _split(method)
+        behaviour: Any
+        wrap: Callable[..., Any]
+        factory: Callable[..., grpc.RpcMethodHandler]
+        if handler.request_streaming and handler.response_streaming:
+            wrap, factory = self._wrap_stream, grpc.stream_stream_rpc_method_handler
+            behaviour = handler.stream_stream
+        elif handler.request_streaming:
+            wrap, factory = self._wrap_unary, grpc.stream_unary_rpc_method_handler
+            behaviour = handler.stream_unary
+        elif handler.response_streaming:
+            wrap, factory = self._wrap_stream, grpc.unary_stream_rpc_method_handler
+            behaviour = handler.unary_stream
+        else:
+            wrap, factory = self._wrap_unary, grpc.unary_unary_rpc_method_handler
+            behaviour = handler.unary_unary
+        return factory(
+            wrap(behaviour, service, name),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behaviour: Callable[..., Any], service: str, name: str) -> Callable[..., Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = set_deadline(self._budget(context))
+            try:
+                return behaviour(request, context)
+            except Exception as exc:
+                self._abort(exc, context, service, name)
+                raise  # unreachable: _abort always raises
+            finally:
+                reset_deadline(token)
+                self._record(context, service, name, started)
+
+        return handle
+
+    def _wrap_stream(self, behaviour: Callable[..., Any], service: str, name: str) -> Callable[..., Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            token = set_deadline(self._budget(context))
+            try:
+                yield from behaviour(request, context)
+            except Exception as exc:
+                self._abort(exc, context, service, name)
+            finally:
+                reset_deadline(token)
+                self._record(context, service, name, started)
+
+        return handle
+
+    def _budget(self, context: grpc.ServicerContext) -> float:
+        left = context.time_remaining()
+        if left is None or left > self._default_deadline * 100:
+            return self._default_deadline
+        return left
+
+    def _abort(self, exc: Exception, context: grpc.ServicerContext, service: str, name: str) -> None:
+        if _already_aborted(context):
+            if isinstance(exc, NotImplementedError):  # generated base servicer: scaffolding, not a fault
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{service}/{name} is not implemented yet")
+            raise exc
+        code = self._mapper.code_for(exc) if isinstance(exc, DomainError) else None
+        if isinstance(exc, DomainError) and code is not None:
+            log.info(
+                "rpc refused",
+                extra={"grpc_method": f"{service}/{name}", "grpc_code": code.name, "reason": exc.reason},
+            )
+            context.abort_with_status(self._mapper.to_status(exc, code))
+        log.exception("rpc failed", extra={"grpc_method": f"{service}/{name}"})
+        context.abort_with_status(
+            build_status(
+                grpc.StatusCode.INTERNAL,
+                "internal error; it has been logged",
+                reason="INTERNAL",
+                domain=self._mapper.domain,
+            )
+        )
+
+    @staticmethod
+    def _record(context: grpc.ServicerContext, service: str, name: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        code = _code_name(context)
+        RPC_HANDLED.labels(service, name, code).inc()
+        RPC_LATENCY.labels(service, name).observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "rpc", extra={"grpc_method": f"{service}/{name}", "grpc_code": code, "ms": round(elapsed * 1e3, 3)}
+            )
+
+
+def _code_name(context: grpc.ServicerContext) -> str:
+    code = context.code()  # type: ignore[attr-defined]
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return str(code)
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a bare Exception after setting the code; pass it through untouched.
+    code = context.code()  # type: ignore[attr-defined]
+    return code is not None and code != grpc.StatusCode.OK

@@ -1,0 +1,66 @@
+"""OpenTelemetry tracing and Prometheus metrics shared by every process.
+
+Tracing is configured by the standard OTEL_* variables: with OTEL_EXPORTER_OTLP_ENDPOINT set, spans go out
+by OTLP/HTTP; without it they are made (so trace ids reach logs and messages) but not exported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_configured = False
+_metrics_ports: set[int] = set()
+
+RPC_HANDLED = Counter(
+    "storeplane_rpc_handled_total",
+    "RPCs completed, by service, method and status code",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+RPC_LATENCY = Histogram(
+    "storeplane_rpc_duration_seconds",
+    "Server-side RPC latency",
+    ["grpc_service", "grpc_method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_BACKLOG = Gauge("storeplane_outbox_backlog", "Outbox rows not yet published", ["service"])
+OUTBOX_OLDEST_AGE = Gauge("storeplane_outbox_oldest_age_seconds", "Age of the oldest unpublished row", ["service"])
+EVENTS_PUBLISHED = Counter("storeplane_events_published_total", "Events published", ["service", "event_type"])
+EVENTS_CONSUMED = Counter("storeplane_events_consumed_total", "Events handled", ["consumer", "event_type", "outcome"])
+
+
+def configure_tracing(service_name: str) -> None:
+    """Install the tracer provider once per process; export only when an OTLP endpoint is configured."""
+    global _configured
+    with _lock:
+        if _configured:
+            return
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        provider = TracerProvider(resource=resource)
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+        _configured = True
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """Expose Prometheus metrics over HTTP once per port (several services may share one process)."""
+    if port <= 0:
+        return
+    with _lock:
+        if port in _metrics_ports:
+            return
+        start_http_server(port, addr=host)
+        _metrics_ports.add(port)
+    log.info("metrics served", extra={"port": port})

@@ -1,0 +1,1 @@
+"""storeplane checkout service."""

@@ -1,0 +1,3 @@
+from checkout.main import cli
+
+cli()

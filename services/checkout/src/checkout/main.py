@@ -1,0 +1,28 @@
+"""Wiring of the checkout service: settings, database, gRPC host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pos.checkout.v1 import checkout_pb2, checkout_pb2_grpc
+from storeplane_runtime.app import ServiceApp, command_line
+from storeplane_runtime.server import Registration
+from storeplane_runtime.settings import ServiceSettings
+
+NAME = "checkout"
+SERVICE = checkout_pb2.DESCRIPTOR.services_by_name["CheckoutService"].full_name
+
+
+class Settings(ServiceSettings):
+    """Settings of the checkout service (see docs/conventions.md)."""
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
+    servicer = checkout_pb2_grpc.CheckoutServiceServicer()
+    registration = Registration(SERVICE, checkout_pb2_grpc.add_CheckoutServiceServicer_to_server, servicer)
+    return ServiceApp.with_database(NAME, settings, [registration], package_file=__file__)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    command_line(NAME, Settings, create_app, argv)

@@ -1,0 +1,3 @@
+from customer.main import cli
+
+cli()

@@ -1,0 +1,28 @@
+"""Wiring of the customer service: settings, database, gRPC host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pos.customer.v1 import customer_pb2, customer_pb2_grpc
+from storeplane_runtime.app import ServiceApp, command_line
+from storeplane_runtime.server import Registration
+from storeplane_runtime.settings import ServiceSettings
+
+NAME = "customer"
+SERVICE = customer_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name
+
+
+class Settings(ServiceSettings):
+    """Settings of the customer service (see docs/conventions.md)."""
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
+    servicer = customer_pb2_grpc.CustomerServiceServicer()
+    registration = Registration(SERVICE, customer_pb2_grpc.add_CustomerServiceServicer_to_server, servicer)
+    return ServiceApp.with_database(NAME, settings, [registration], package_file=__file__)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    command_line(NAME, Settings, create_app, argv)

@@ -1,0 +1,1 @@
+"""storeplane loyalty service."""

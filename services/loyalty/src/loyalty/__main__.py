@@ -1,0 +1,3 @@
+from loyalty.main import cli
+
+cli()

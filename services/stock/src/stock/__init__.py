@@ -1,0 +1,1 @@
+"""storeplane stock service."""

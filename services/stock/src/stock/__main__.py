@@ -1,0 +1,3 @@
+from stock.main import cli
+
+cli()

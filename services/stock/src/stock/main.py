@@ -1,0 +1,28 @@
+"""Wiring of the stock service: settings, database, gRPC host."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from storeplane_runtime.app import ServiceApp, command_line
+from storeplane_runtime.server import Registration
+from storeplane_runtime.settings import ServiceSettings
+
+NAME = "stock"
+SERVICE = stock_pb2.DESCRIPTOR.services_by_name["StockService"].full_name
+
+
+class Settings(ServiceSettings):
+    """Settings of the stock service (see docs/conventions.md)."""
+
+
+def create_app(settings: Settings) -> ServiceApp:
+    # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
+    servicer = stock_pb2_grpc.StockServiceServicer()
+    registration = Registration(SERVICE, stock_pb2_grpc.add_StockServiceServicer_to_server, servicer)
+    return ServiceApp.with_database(NAME, settings, [registration], package_file=__file__)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    command_line(NAME, Settings, create_app, argv)
