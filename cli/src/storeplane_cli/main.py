@@ -10,13 +10,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from storeplane_cli import health
+from storeplane_cli.stack import PROCESSES, EmbeddedStack, Layout, ProcessStack, default_data_dir
 from storeplane_runtime.logs import configure_logging
 from storeplane_runtime.migrations import SchemaError
 from storeplane_runtime.server import run_until_signal
 from storeplane_runtime.settings import SettingsError
-
-from storeplane_cli import health
-from storeplane_cli.stack import PROCESSES, EmbeddedStack, Layout, ProcessStack, default_data_dir
 
 log = logging.getLogger("storeplane")
 

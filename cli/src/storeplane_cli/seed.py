@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
+
 from pos.common.v1 import common_pb2
 from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
-
 from storeplane_cli import demo_data
 
 SEED_VERSION = "v1"

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
 from storeplane_runtime.app import ServiceApp
 from storeplane_runtime.settings import DEFAULT_PORTS, load_settings
 

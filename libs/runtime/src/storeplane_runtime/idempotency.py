@@ -74,20 +74,20 @@ def run_once(
                     )
                 return response_type.FromString(row.response)
             response = work(uow)
-            uow.session.execute(
-                insert(idempotency_table).values(
-                    caller=caller,
-                    request_id=request_id,
-                    method=method,
-                    request_hash=digest,
-                    response=response.SerializeToString(deterministic=True),
-                    created_at=utcnow(),
-                )
-            )
             try:
+                uow.session.execute(
+                    insert(idempotency_table).values(
+                        caller=caller,
+                        request_id=request_id,
+                        method=method,
+                        request_hash=digest,
+                        response=response.SerializeToString(deterministic=True),
+                        created_at=utcnow(),
+                    )
+                )
                 uow.commit()
             except IntegrityError:
-                continue  # a concurrent call with the same key won; replay its answer
+                continue  # a concurrent call with the same key won; our work rolls back, replay its answer
             return response
     raise IdempotencyKeyReused("request_id is being used concurrently", metadata={"request_id": request_id})
 

@@ -36,6 +36,23 @@ OUTBOX_BACKLOG = Gauge("storeplane_outbox_backlog", "Outbox rows not yet publish
 OUTBOX_OLDEST_AGE = Gauge("storeplane_outbox_oldest_age_seconds", "Age of the oldest unpublished row", ["service"])
 EVENTS_PUBLISHED = Counter("storeplane_events_published_total", "Events published", ["service", "event_type"])
 EVENTS_CONSUMED = Counter("storeplane_events_consumed_total", "Events handled", ["consumer", "event_type", "outcome"])
+EVENTS_RETRIED = Counter(
+    "storeplane_events_retried_total",
+    "Events whose handler failed and that were sent to a retry",
+    ["consumer", "event_type"],
+)
+EVENTS_PARKED = Counter(
+    "storeplane_events_parked_total", "Events parked after their last attempt", ["consumer", "event_type"]
+)
+EVENTS_UNROUTABLE = Counter(
+    "storeplane_events_unroutable_total", "Events the broker could route to no queue", ["service", "event_type"]
+)
+EVENT_LAG = Histogram(
+    "storeplane_event_lag_seconds",
+    "From the event's occurrence to its handler's commit",
+    ["consumer", "event_type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 
 
 def configure_tracing(service_name: str) -> None:

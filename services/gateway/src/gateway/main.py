@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
+
+from gateway.proxy import Router
 from pos.checkout.v1 import checkout_pb2
 from pos.customer.v1 import customer_pb2
 from pos.loyalty.v1 import loyalty_pb2
@@ -13,8 +15,6 @@ from storeplane_runtime.app import ServiceApp, command_line
 from storeplane_runtime.clients import PeerChannels
 from storeplane_runtime.server import ServiceHost
 from storeplane_runtime.settings import ServiceSettings
-
-from gateway.proxy import Router
 
 NAME = "gateway"
 

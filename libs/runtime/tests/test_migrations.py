@@ -1,0 +1,70 @@
+"""Migrations upgrade a fresh database; a schema newer than the code stops the service with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from storeplane_runtime import migrations
+from storeplane_runtime.db import Database
+
+ROOT = Path(__file__).resolve().parents[3]
+SERVICES = ("checkout", "stock", "customer", "loyalty")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_migrations_upgrade_a_fresh_database_to_head(service: str, database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        script = ROOT / "services" / service / "migrations"
+        state = migrations.ensure_schema(db.engine, script, service=service, auto_migrate=True)
+        assert state.at_head
+        tables = set(inspect(db.engine).get_table_names())
+        assert {"outbox", "inbox", "idempotency_keys", "alembic_version"} <= tables
+        # Running again is a no-op.
+        assert migrations.ensure_schema(db.engine, script, service=service, auto_migrate=True).at_head
+    finally:
+        db.dispose()
+
+
+def test_schema_behind_without_auto_migrate_is_refused(sqlite_url: str) -> None:
+    db = Database(sqlite_url)
+    with pytest.raises(migrations.SchemaError, match="run `python -m stock migrate` first"):
+        migrations.ensure_schema(db.engine, ROOT / "services/stock/migrations", service="stock", auto_migrate=False)
+    db.dispose()
+
+
+def _stamp_unknown_revision(url: str) -> None:
+    db = Database(url)
+    migrations.upgrade(db.engine, ROOT / "services/stock/migrations")
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed9999'"))
+    db.dispose()
+
+
+def test_service_refuses_to_start_on_an_unknown_newer_schema(database_url: str, tmp_path: Path) -> None:
+    _stamp_unknown_revision(database_url)
+    env = {**os.environ, "DATABASE_URL": database_url, "GRPC_PORT": "0", "METRICS_PORT": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stock"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "f00dfeed9999" in lines[0] and "unknown" in lines[0]
+
+
+def test_migrate_command_upgrades_and_exits(sqlite_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": sqlite_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "loyalty", "migrate"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    db = Database(sqlite_url)
+    assert migrations.state(db.engine, ROOT / "services/loyalty/migrations").at_head
+    db.dispose()

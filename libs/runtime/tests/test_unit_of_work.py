@@ -1,0 +1,83 @@
+"""The unit of work writes events to the outbox in the same transaction as the state change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from pos.common.v1 import common_pb2
+from pos.stock.v1 import events_pb2, stock_pb2
+from storeplane_runtime import migrations
+from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.outbox import outbox_table
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
+
+
+@pytest.fixture
+def database(database_url: str) -> Database:
+    db = Database(database_url)
+    migrations.upgrade(db.engine, MIGRATIONS)
+    yield db
+    db.dispose()
+
+
+def _event(sku: str = "SKU-1") -> events_pb2.ItemUpdated:
+    return events_pb2.ItemUpdated(item=stock_pb2.Item(sku=sku, name="Shoe"))
+
+
+def _outbox_rows(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(outbox_table)).scalar_one())
+
+
+def test_event_of_a_rolled_back_unit_of_work_leaves_no_outbox_row(database: Database) -> None:
+    with pytest.raises(RuntimeError), UnitOfWork(database, source="stock") as uow:
+        uow.publish(_event())
+        raise RuntimeError("the state change failed")
+    with UnitOfWork(database, source="stock") as uow:
+        uow.publish(_event())
+        uow.rollback()
+    with UnitOfWork(database, source="stock") as uow:
+        uow.publish(_event())  # never committed
+    assert _outbox_rows(database) == 0
+
+
+def test_event_of_a_committed_unit_of_work_leaves_exactly_one_row(database: Database) -> None:
+    woken: list[bool] = []
+    database.on_events_committed(lambda: woken.append(True))
+    with UnitOfWork(database, source="stock") as uow:
+        event = _event()
+        event_id = uow.publish(event, subject="SKU-1")
+        uow.commit()
+    assert _outbox_rows(database) == 1
+    assert woken == [True]
+    with database.engine.connect() as conn:
+        row = conn.execute(select(outbox_table)).one()
+    assert row.event_id == event_id
+    assert row.event_type == "pos.stock.v1.ItemUpdated"
+    assert row.sent_at is None
+    stored = events_pb2.ItemUpdated.FromString(row.payload)
+    assert stored.meta.event_id == event_id
+    assert stored.meta.event_type == "pos.stock.v1.ItemUpdated"
+    assert stored.meta.source == "/storeplane/stock"
+    assert stored.meta.occurred_at.seconds > 0
+
+
+def test_event_id_given_by_the_caller_is_kept(database: Database) -> None:
+    event = _event()
+    event.meta.CopyFrom(common_pb2.EventMeta(event_id="6b0f6c44-3d1e-4a52-9b0e-0c3a1c1f6a11"))
+    with UnitOfWork(database, source="stock") as uow:
+        assert uow.publish(event) == "6b0f6c44-3d1e-4a52-9b0e-0c3a1c1f6a11"
+        uow.commit()
+    assert _outbox_rows(database) == 1
+
+
+def test_commit_without_events_does_not_wake_the_relay(database: Database) -> None:
+    woken: list[bool] = []
+    database.on_events_committed(lambda: woken.append(True))
+    with UnitOfWork(database, source="stock") as uow:
+        uow.commit()
+    assert woken == []

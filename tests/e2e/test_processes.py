@@ -1,0 +1,142 @@
+"""Each of the five processes starts on its own, reports SERVING and lists its services by reflection;
+the gateway forwards to the services; the embedded stack starts all five in one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from conftest import free_port
+from pos.customer.v1 import customer_pb2, customer_pb2_grpc
+from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+
+SERVICES = {
+    "checkout": "pos.checkout.v1.CheckoutService",
+    "stock": "pos.stock.v1.StockService",
+    "customer": "pos.customer.v1.CustomerService",
+    "loyalty": "pos.loyalty.v1.LoyaltyService",
+}
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = str(status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.1)
+    raise AssertionError(f"{address} not SERVING after {timeout}s (last: {last})")
+
+
+@pytest.fixture
+def distributed(make_postgres_url: Callable[[], str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The five processes, each its own child, the services on their own fresh PostgreSQL databases."""
+    ports = {name: free_port() for name in ("gateway", *SERVICES)}
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    base = {**os.environ, "GRPC_HOST": "127.0.0.1", "METRICS_PORT": "0", "DATA_DIR": str(tmp_path)}
+    base.update({f"{name.upper()}_ADDR": addresses[name] for name in SERVICES})
+    children = []
+    try:
+        for name in (*SERVICES, "gateway"):
+            env = {**base, "GRPC_PORT": str(ports[name])}
+            if name != "gateway":
+                env["DATABASE_URL"] = make_postgres_url()
+            children.append(subprocess.Popen([sys.executable, "-m", name], env=env, cwd=tmp_path))
+        for address in addresses.values():
+            wait_serving(address)
+        yield addresses
+    finally:
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            assert child.wait(timeout=30) == 0
+
+
+def test_every_process_is_serving_and_lists_its_services(distributed: dict[str, str]) -> None:
+    for name, service in SERVICES.items():
+        wait_serving(distributed[name], service)
+        with grpc.insecure_channel(distributed[name]) as channel:
+            listed = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert service in listed
+        assert "grpc.health.v1.Health" in listed
+    with grpc.insecure_channel(distributed["gateway"]) as channel:
+        listed = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert set(SERVICES.values()) <= listed
+        for service in SERVICES.values():
+            wait_serving(distributed["gateway"], service)
+
+
+def test_gateway_forwards_each_call_to_its_service(distributed: dict[str, str]) -> None:
+    with grpc.insecure_channel(distributed["gateway"]) as channel:
+        # The services answer UNIMPLEMENTED until their logic is built: the answer came from the backend.
+        with pytest.raises(grpc.RpcError) as caught:
+            stock_pb2_grpc.StockServiceStub(channel).GetItem(stock_pb2.GetItemRequest(sku="x"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "pos.stock.v1.StockService/GetItem" in (caught.value.details() or "")
+        with pytest.raises(grpc.RpcError) as caught:
+            customer_pb2_grpc.CustomerServiceStub(channel).GetCustomer(customer_pb2.GetCustomerRequest(), timeout=5)
+        assert "pos.customer.v1.CustomerService/GetCustomer" in (caught.value.details() or "")
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary("/pos.nothing.v1.NothingService/Nope")(b"", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_embedded_stack_starts_all_five_and_stops_on_sigterm(tmp_path: Path) -> None:
+    base_port = free_port()
+    while any(_port_taken(base_port + i) for i in range(5)):
+        base_port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "storeplane_cli",
+            "run",
+            "--no-seed",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--base-port",
+            str(base_port),
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert f"gateway at 127.0.0.1:{base_port}" in banner
+        for i, service in enumerate(["", *SERVICES.values()]):
+            wait_serving(f"127.0.0.1:{base_port + i}", service if i else "")
+        for name in SERVICES:
+            assert (tmp_path / "data" / f"{name}.db").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
