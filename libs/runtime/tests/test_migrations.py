@@ -68,3 +68,16 @@ def test_migrate_command_upgrades_and_exits(sqlite_url: str, tmp_path: Path) -> 
     db = Database(sqlite_url)
     assert migrations.state(db.engine, ROOT / "services/loyalty/migrations").at_head
     db.dispose()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_fast_revision_reader_agrees_with_alembic(service: str) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    script = ROOT / "services" / service / "migrations"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script))
+    directory = ScriptDirectory.from_config(cfg)
+    assert migrations.head_of(script) == directory.get_current_head()
+    assert migrations.revisions(script) == {r.revision: r.down_revision for r in directory.walk_revisions()}

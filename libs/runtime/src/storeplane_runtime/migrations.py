@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, MetaData
+from sqlalchemy import Engine, MetaData, inspect, text
 
 from storeplane_runtime.outbox import messaging_metadata
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 # Alembic keeps its running context in module globals: one migration at a time per process.
@@ -36,6 +37,8 @@ class SchemaState:
 
 
 def config_for(script_location: Path, engine: Engine) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
@@ -43,25 +46,54 @@ def config_for(script_location: Path, engine: Engine) -> Config:
     return cfg
 
 
-def state(engine: Engine, script_location: Path) -> SchemaState:
-    script = ScriptDirectory.from_config(config_for(script_location, engine))
-    head = script.get_current_head()
-    if head is None:
-        raise SchemaError(f"no migrations found in {script_location}")
+def revisions(script_location: Path) -> dict[str, str | None]:
+    """revision -> down_revision of every migration file, read without importing Alembic (fast start)."""
+    found: dict[str, str | None] = {}
+    for path in sorted((script_location / "versions").glob("*.py")):
+        values: dict[str, object] = {}
+        for node in ast.parse(path.read_text()).body:
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in {"revision", "down_revision"}
+                and isinstance(node.value, ast.Constant)
+            ):
+                values[node.targets[0].id] = node.value.value
+        if isinstance(values.get("revision"), str):
+            down = values.get("down_revision")
+            found[str(values["revision"])] = down if isinstance(down, str) else None
+    return found
+
+
+def head_of(script_location: Path) -> str:
+    graph = revisions(script_location)
+    heads = set(graph) - {down for down in graph.values() if down}
+    if len(heads) != 1:
+        raise SchemaError(f"migrations in {script_location} must have exactly one head, found {sorted(heads)}")
+    return heads.pop()
+
+
+def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    known = current is None or _known(script, current)
-    return SchemaState(current=current, head=head, known=known)
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        return None if row is None else str(row[0])
 
 
-def _known(script: ScriptDirectory, revision: str) -> bool:
-    try:
-        return script.get_revision(revision) is not None
-    except Exception:
-        return False
+def state(engine: Engine, script_location: Path) -> SchemaState:
+    graph = revisions(script_location)
+    if not graph:
+        raise SchemaError(f"no migrations found in {script_location}")
+    head = head_of(script_location)
+    current = current_revision(engine)
+    return SchemaState(current=current, head=head, known=current is None or current in graph)
 
 
 def upgrade(engine: Engine, script_location: Path, revision: str = "head") -> None:
+    from alembic import command
+
     with _alembic_lock:
         command.upgrade(config_for(script_location, engine), revision)
 

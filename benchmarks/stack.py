@@ -1,0 +1,149 @@
+"""Foundation scenarios: embedded cold start, the gateway's added latency, idle memory per process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pos.stock.v1 import stock_pb2
+
+from benchmarks.floor import sequential_latencies
+from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
+
+PROCESSES = ("gateway", "checkout", "stock", "customer", "loyalty")
+BASE_PORT = 57050
+
+
+def _all_serving(addresses: list[str], channels: dict[str, grpc.Channel]) -> bool:
+    for address in addresses:
+        channel = channels.setdefault(address, grpc.insecure_channel(address))
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.2)
+        except grpc.RpcError:
+            return False
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return False
+    return True
+
+
+def _wait_serving(addresses: list[str], timeout: float = 60.0) -> float:
+    channels: dict[str, grpc.Channel] = {}
+    started = time.perf_counter()
+    try:
+        while time.perf_counter() - started < timeout:
+            if _all_serving(addresses, channels):
+                return time.perf_counter() - started
+            time.sleep(0.01)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    raise TimeoutError(f"not all SERVING after {timeout}s: {addresses}")
+
+
+def _start_embedded(data_dir: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "storeplane_cli", "run", "--no-seed", "--data-dir", data_dir,
+         "--base-port", str(BASE_PORT), "--metrics-port", "0"],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@scenario("embedded_cold_start", group="foundation")
+def embedded_cold_start(bench: Bench) -> list[Figure]:
+    addresses = [f"127.0.0.1:{BASE_PORT + i}" for i in range(len(PROCESSES))]
+    runs = []
+    for _ in range(1 if bench.quick else 3):
+        with tempfile.TemporaryDirectory() as data_dir:  # fresh: migrations run too
+            started = time.perf_counter()
+            proc = _start_embedded(data_dir)
+            try:
+                _wait_serving(addresses)
+                runs.append(time.perf_counter() - started)
+            finally:
+                _stop(proc)
+    best, worst = min(runs), max(runs)
+    return [
+        Figure("cold_start_to_all_serving_s", sorted(runs)[len(runs) // 2], "s", at_most=3.0,
+               note=f"median of {len(runs)} fresh starts (min {best:.2f}, max {worst:.2f}), incl. interpreter start"),
+    ]
+
+
+@scenario("gateway_overhead", group="foundation")
+def gateway_overhead(bench: Bench) -> list[Figure]:
+    addresses = [f"127.0.0.1:{BASE_PORT + i}" for i in range(len(PROCESSES))]
+    count = 500 if bench.quick else 3000
+    with tempfile.TemporaryDirectory() as data_dir:
+        proc = _start_embedded(data_dir)
+        try:
+            _wait_serving(addresses)
+            request = stock_pb2.GetItemRequest(sku="SHO-RUN-01-BLA-40", store_id="berlin-mitte").SerializeToString()
+            lat = {}
+            for label, address in (("direct", addresses[2]), ("gateway", addresses[0])):
+                with grpc.insecure_channel(address) as channel:
+                    call = channel.unary_unary("/pos.stock.v1.StockService/GetItem")
+
+                    def get_item(payload: bytes, timeout: float, _call: grpc.UnaryUnaryMultiCallable = call) -> None:
+                        try:
+                            _call(payload, timeout=timeout)
+                        except grpc.RpcError as exc:  # NOT_FOUND / UNIMPLEMENTED still made the full round trip
+                            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                                raise
+
+                    lat[label] = summarise_latencies(sequential_latencies(get_item, request, count))  # type: ignore[arg-type]
+        finally:
+            _stop(proc)
+    added = lat["gateway"]["p50_ms"] - lat["direct"]["p50_ms"]
+    floor = bench.floors.get("grpc_echo_p50_ms", float("nan"))
+    return [
+        Figure("stock_get_item_direct_p50_ms", lat["direct"]["p50_ms"], "ms"),
+        Figure("stock_get_item_via_gateway_p50_ms", lat["gateway"]["p50_ms"], "ms"),
+        Figure("gateway_added_p50_ms", added, "ms", at_most=1.5 * floor, floor="grpc_echo_p50_ms",
+               ratio=bench.ratio(added, "grpc_echo_p50_ms"), note="target: <= 1.5x the floor's p50"),
+    ]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@scenario("idle_memory", group="foundation")
+def idle_memory(bench: Bench) -> list[Figure]:
+    figures = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**os.environ, "DATA_DIR": data_dir, "METRICS_PORT": "0", "GRPC_HOST": "127.0.0.1"}
+        env.update({f"{n.upper()}_ADDR": f"127.0.0.1:{BASE_PORT + 10 + i}" for i, n in enumerate(PROCESSES)
+                    if n != "gateway"})
+        procs = {}
+        try:
+            for i, name in enumerate(PROCESSES):
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", name], env={**env, "GRPC_PORT": str(BASE_PORT + 10 + i)},
+                    stdout=subprocess.DEVNULL,
+                )
+            _wait_serving([f"127.0.0.1:{BASE_PORT + 10 + i}" for i in range(len(PROCESSES))])
+            time.sleep(1.0)
+            for name, proc in procs.items():
+                figures.append(Figure(f"idle_rss_{name}_mb", _rss_mb(proc.pid), "MB", at_most=120.0))
+        finally:
+            for proc in procs.values():
+                _stop(proc)
+    return figures
