@@ -1,0 +1,156 @@
+"""Helpers shared by the deployment tests (imported by conftest.py and the test modules)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+OVERLAYS = ("dev", "prod")
+PROCESSES = ("gateway", "checkout", "stock", "customer", "loyalty")
+DB_SERVICES = ("checkout", "stock", "customer", "loyalty")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail in CI: a deploy check must never silently vanish from the pipeline."""
+    if in_ci():
+        pytest.fail(f"{what} is required when CI=true", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+def find_tool(name: str) -> str | None:
+    venv_bin = Path(sys.executable).parent / name
+    if venv_bin.is_file() and os.access(venv_bin, os.X_OK):
+        return str(venv_bin)
+    return shutil.which(name)
+
+
+def require_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the Python module `{name}`")
+        raise
+
+
+def require_tool(name: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        missing(f"the `{name}` executable")
+    assert path is not None
+    return path
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    package: str
+    grpc_port: int
+    metrics_port: int
+    has_db: bool
+
+
+@dataclass(frozen=True)
+class Conventions:
+    processes: dict[str, Process]
+    variables: frozenset[str]
+    variable_prefixes: frozenset[str]
+
+    def documented(self, variable: str) -> bool:
+        return variable in self.variables or any(variable.startswith(p) for p in self.variable_prefixes)
+
+
+def parse_conventions(text: str) -> Conventions:
+    """The process table (ports) and the environment table (variable names) of docs/conventions.md."""
+    processes: dict[str, Process] = {}
+    row = re.compile(r"^\|\s*(\w+)\s*\|\s*`(\w+)`\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(.+?)\s*\|\s*$")
+    for line in text.splitlines():
+        m = row.match(line)
+        if m:
+            name, package, grpc, metrics, db = m.groups()
+            processes[name] = Process(name, package, int(grpc), int(metrics), db.strip() != "none")
+    variables: set[str] = set()
+    prefixes: set[str] = set()
+    env_section = text.split("## Environment", 1)[1].split("\n## ", 1)[0]
+    for line in env_section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first_cell = line.split("|")[1]
+        for name in re.findall(r"`([A-Z0-9_*]+)`", first_cell):
+            if name.endswith("*"):
+                prefixes.add(name.rstrip("*"))
+            else:
+                variables.add(name)
+    return Conventions(processes, frozenset(variables), frozenset(prefixes))
+
+
+def render(kubectl: str, path: Path) -> str:
+    proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"kubectl kustomize {path.relative_to(ROOT)} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+class Manifests:
+    """Lookup helpers over one rendered overlay."""
+
+    def __init__(self, docs: list[dict[str, Any]]) -> None:
+        self.docs = docs
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        found = [d for d in self.of_kind(kind) if d["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+        return found[0]
+
+    def find(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = [d for d in self.of_kind(kind) if d["metadata"]["name"] == name]
+        return found[0] if found else None
+
+    def workloads(self) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]
+
+    def configmap_data(self, deployment: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+        data: dict[str, str] = {}
+        for src in container.get("envFrom", []):
+            if "configMapRef" in src:
+                data.update(self.get("ConfigMap", src["configMapRef"]["name"]).get("data", {}))
+        return data
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def all_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    name = deployment["metadata"]["name"]
+    found = [c for c in pod_spec(deployment)["containers"] if c["name"] == name]
+    assert len(found) == 1, f"{name}: expected one container named {name}"
+    return found[0]
+
+
+def image_repository(image: str) -> str:
+    """`registry.example.com/x/storeplane-stock:1.2@sha256:...` -> `storeplane-stock`."""
+    image = image.split("@", 1)[0]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
