@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 from opentelemetry.instrumentation.grpc import client_interceptor as otel_client_interceptor
+from opentelemetry.instrumentation.grpc import grpcext
 
 from storeplane_runtime.deadlines import remaining
 
@@ -96,9 +97,9 @@ class PeerChannels:
         with self._lock:
             if key not in self._channels:
                 raw = grpc.insecure_channel(address, options=self._options(service_config(service, idempotent_methods)))
-                self._channels[key] = grpc.intercept_channel(
-                    raw, _DeadlineInterceptor(self._default_timeout), otel_client_interceptor()
-                )
+                # OpenTelemetry's client interceptor is not a grpc.*ClientInterceptor: it needs its own wrapper.
+                traced = grpcext.intercept_channel(raw, otel_client_interceptor())
+                self._channels[key] = grpc.intercept_channel(traced, _DeadlineInterceptor(self._default_timeout))
             return self._channels[key]
 
     def raw_channel(self, address: str) -> grpc.Channel:

@@ -56,17 +56,25 @@ EVENT_LAG = Histogram(
 
 
 def configure_tracing(service_name: str) -> None:
-    """Install the tracer provider once per process; export only when an OTLP endpoint is configured."""
+    """Install the tracer provider once per process. The exporter follows the standard variables:
+    OTEL_TRACES_EXPORTER (otlp, console, none) and OTEL_EXPORTER_OTLP_ENDPOINT; with neither set, spans are
+    made (trace ids reach logs and messages) but not exported."""
     global _configured
     with _lock:
         if _configured:
             return
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
         provider = TracerProvider(resource=resource)
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        exporters = {e.strip() for e in os.environ.get("OTEL_TRACES_EXPORTER", "").lower().split(",") if e.strip()}
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if "otlp" in exporters or (endpoint and not exporters):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        if "console" in exporters:
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         trace.set_tracer_provider(provider)
         _configured = True
 

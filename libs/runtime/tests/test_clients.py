@@ -1,0 +1,112 @@
+"""Peer channels: deadlines always set (inherited from the call being served), retries only where safe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import free_port
+from storeplane_runtime.clients import PeerChannels
+from storeplane_runtime.server import ServiceHost
+from storeplane_runtime.settings import ServiceSettings
+
+SERVICE = "test.v1.PeerService"
+
+
+class Peer:
+    """A backend that fails the first N calls of each method with UNAVAILABLE and reports deadlines seen."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: dict[str, int] = {}
+        self.time_remaining: list[float | None] = []
+
+    def handler(self, method: str):
+        def behave(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls[method] = self.calls.get(method, 0) + 1
+            self.time_remaining.append(context.time_remaining())
+            if self.calls[method] <= self.failures:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+            return request
+
+        return grpc.unary_unary_rpc_method_handler(behave)
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[Peer, str]]:
+    backend = Peer(failures=2)
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE, {"Read": backend.handler("Read"), "Write": backend.handler("Write")}
+    )
+    host = ServiceHost(
+        ServiceSettings(service_name="peer", grpc_host="127.0.0.1", grpc_port=0), generic_handlers=[handler]
+    )
+    port = host.start()
+    yield backend, f"127.0.0.1:{port}"
+    host.stop(0)
+
+
+def test_idempotent_method_is_retried_on_unavailable(peer: tuple[Peer, str]) -> None:
+    backend, address = peer
+    channels = PeerChannels(default_timeout=5)
+    channel = channels.channel(address, service=SERVICE, idempotent_methods=["Read"])
+    assert channel.unary_unary(f"/{SERVICE}/Read")(b"ok") == b"ok"
+    assert backend.calls["Read"] == 3
+    channels.close()
+
+
+def test_non_idempotent_method_is_not_retried(peer: tuple[Peer, str]) -> None:
+    backend, address = peer
+    channels = PeerChannels(default_timeout=5)
+    channel = channels.channel(address, service=SERVICE, idempotent_methods=["Read"])
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary(f"/{SERVICE}/Write")(b"ok")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert backend.calls["Write"] == 1
+    channels.close()
+
+
+def test_call_without_a_timeout_gets_the_default_deadline(peer: tuple[Peer, str]) -> None:
+    backend, address = peer
+    backend.failures = 0
+    channels = PeerChannels(default_timeout=2.5)
+    channels.channel(address, service=SERVICE).unary_unary(f"/{SERVICE}/Read")(b"x")
+    seen = backend.time_remaining[-1]
+    assert seen is not None
+    assert 0 < seen <= 2.5
+    channels.close()
+
+
+def test_peer_down_fails_fast_with_unavailable() -> None:
+    channels = PeerChannels(default_timeout=5)
+    channel = channels.channel(f"127.0.0.1:{free_port()}", service=SERVICE, idempotent_methods=["Read"])
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary(f"/{SERVICE}/Read")(b"x", timeout=3)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    channels.close()
+
+
+def test_console_exporter_chosen_by_otel_variable_prints_server_spans(tmp_path: Path) -> None:
+    port = free_port()
+    script = Path(__file__).with_name("slow_service.py")
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "slow-test"}
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert channel.unary_unary(f"/{'test.v1.SlowService'}/Sleep")(b"1", timeout=5) == b"done"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert '"name": "/test.v1.SlowService/Sleep"' in out
+    assert '"service.name": "slow-test"' in out
