@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
 PROCESSES = ("gateway", "checkout", "stock", "customer", "loyalty")
 DB_SERVICES = ("checkout", "stock", "customer", "loyalty")
+# The one image definition of every process, parameterised by the build argument SERVICE.
+DOCKERFILE = ROOT / "services" / "Dockerfile"
 
 
 def in_ci() -> bool:
@@ -154,3 +157,46 @@ def image_repository(image: str) -> str:
     image = image.split("@", 1)[0]
     last = image.rsplit("/", 1)[-1]
     return last.split(":", 1)[0]
+
+
+# --- services/Dockerfile ------------------------------------------------------------------
+
+
+def substitute_build_args(text: str, build_args: dict[str, str]) -> str:
+    """What the builder does with `--build-arg K=V`: `${K}` and `$K` become V (in RUN the
+    shell expands them the same way, since ARGs are in its environment)."""
+    for key, value in build_args.items():
+        text = re.sub(rf"\$\{{{key}\}}|\${key}\b", lambda _m, v=value: v, text)
+    return text
+
+
+def dockerfile_stages(text: str) -> dict[str, list[str]]:
+    """Instructions per stage name, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
+        if m:
+            current = m.group(1) or f"stage{len(stages)}"
+            stages[current] = []
+        elif current is not None:
+            stages[current].append(line)
+    return stages
+
+
+def dockerfile_for(service: str) -> str:
+    """services/Dockerfile as the builder sees it with `--build-arg SERVICE=<service>`."""
+    return substitute_build_args(DOCKERFILE.read_text(), {"SERVICE": service})
+
+
+def dockerfile_entrypoint() -> list[str]:
+    """The exec-form ENTRYPOINT of the images (the same for every process)."""
+    entrypoints = [s for s in dockerfile_stages(DOCKERFILE.read_text())["base"] if s.startswith("ENTRYPOINT")]
+    assert len(entrypoints) == 1, entrypoints
+    value = json.loads(entrypoints[0].split(" ", 1)[1])
+    assert isinstance(value, list), "exec form: a JSON array, no shell"
+    return value

@@ -23,6 +23,7 @@ from deploy_helpers import (
     Conventions,
     Manifests,
     all_containers,
+    dockerfile_entrypoint,
     image_repository,
     main_container,
     pod_spec,
@@ -226,7 +227,8 @@ def test_commands_and_migrations_before_start(
         proc = conventions.processes[name]
         spec = pod_spec(deployment)
         container = main_container(deployment)
-        assert container["command"] == ["python", "-m", proc.package]
+        # the image's ENTRYPOINT: the console script storeplane-<name>, linked at a fixed path
+        assert container["command"] == dockerfile_entrypoint(), name
         assert container.get("args", ["serve"]) == ["serve"]
         assert spec.get("enableServiceLinks") is False, name
         secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if "valueFrom" in e}
@@ -238,7 +240,7 @@ def test_commands_and_migrations_before_start(
         (init,) = spec["initContainers"]
         assert init["name"] == "migrate"
         assert init["image"] == container["image"], "migrations must come from the image that serves"
-        assert init["command"] == ["python", "-m", proc.package]
+        assert init["command"] == container["command"]
         assert init["args"] == ["migrate"]
         init_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init.get("env", []) if "valueFrom" in e}
         assert init_secret["DATABASE_URL"] == secret_env["DATABASE_URL"], name

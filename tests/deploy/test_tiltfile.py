@@ -3,8 +3,8 @@
 The stubs have the parameters of the Tilt API (an unknown keyword fails like in Tilt) and
 record every call; `load('ext://restart_process', ...)` gets a stub of that extension with
 its checks. The recorded configuration is then checked against the repository and the
-rendered dev overlay: images, Dockerfiles, live-update paths, resources, labels,
-dependencies and port-forwards.
+rendered dev overlay: images (services/Dockerfile with SERVICE per process), entrypoints,
+live-update paths, resources, labels, dependencies and port-forwards.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ from deploy_helpers import (
     Conventions,
     Manifests,
     all_containers,
+    dockerfile_entrypoint,
+    dockerfile_stages,
     main_container,
     pod_spec,
     require_module,
+    substitute_build_args,
 )
 
 TILTFILE = ROOT / "Tiltfile"
@@ -69,6 +72,7 @@ def _stubs(rec: Recorded, render_dev: Callable[[str], str]) -> tuple[dict[str, C
         rec.images[ref] = {
             "context": context,
             "dockerfile": dockerfile,
+            "build_args": dict(build_args or {}),
             "live_update": list(live_update or []),
             "only": list(only or []),
             "ignore": list(ignore or []),
@@ -236,7 +240,12 @@ def test_applies_the_dev_overlay(tilt: Recorded) -> None:
     assert tilt.loads == ["ext://restart_process"]
 
 
-def test_every_process_has_an_image_built_from_its_dockerfile(tilt: Recorded) -> None:
+def _dockerfile(image: dict[str, Any]) -> str:
+    """The image's Dockerfile as the builder sees it with the image's build_args."""
+    return substitute_build_args((ROOT / image["dockerfile"]).read_text(), image["build_args"])
+
+
+def test_every_process_has_an_image_built_from_the_one_dockerfile(tilt: Recorded) -> None:
     assert set(tilt.images) == {f"storeplane-{p}" for p in PROCESSES}
     for name in PROCESSES:
         image = tilt.images[f"storeplane-{name}"]
@@ -244,9 +253,14 @@ def test_every_process_has_an_image_built_from_its_dockerfile(tilt: Recorded) ->
         dockerfile = ROOT / image["dockerfile"]
         assert context.resolve() == ROOT, "images build from the repository root"
         assert dockerfile.is_file(), dockerfile
-        assert dockerfile.resolve() == (ROOT / "services" / name / "Dockerfile").resolve()
+        assert dockerfile.resolve() == (ROOT / "services" / "Dockerfile").resolve()
+        assert image["build_args"] == {"SERVICE": name}, "SERVICE picks the process the image runs"
         stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile.read_text(), re.M | re.I)
         assert image["target"] in stages, f"{name}: no stage {image['target']!r}"
+        # the process of the build arg, not another one, is what the image installs
+        builder = dockerfile_stages(_dockerfile(image))["builder"]
+        assert any(f"COPY services/{name}/ services/{name}/" == s for s in builder), name
+        assert any(f'"storeplane-{name}"' in s and "ln -s" in s for s in builder), name
 
 
 def test_images_are_the_ones_the_manifests_use(tilt: Recorded, dev: Manifests) -> None:
@@ -261,6 +275,7 @@ def test_entrypoint_matches_the_manifest_and_keeps_args(tilt: Recorded, dev: Man
         image = tilt.images[f"storeplane-{name}"]
         deployment = dev.get("Deployment", name)
         assert image["with_restart"]
+        assert image["entrypoint"] == dockerfile_entrypoint(), f"{name}: the image's own ENTRYPOINT"
         for container in all_containers(deployment):
             assert image["entrypoint"] == container["command"], name
             assert container.get("args"), f"{name}/{container['name']}: args must carry serve/migrate"
@@ -293,7 +308,7 @@ def test_live_update_paths_exist_and_mirror_the_image_layout(tilt: Recorded) -> 
 def test_build_context_holds_everything_the_dockerfile_copies(tilt: Recorded) -> None:
     for name in PROCESSES:
         image = tilt.images[f"storeplane-{name}"]
-        dockerfile = (ROOT / image["dockerfile"]).read_text()
+        dockerfile = _dockerfile(image)
         sources = []
         for line in dockerfile.splitlines():
             if line.startswith("COPY ") and "--from=" not in line:
