@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pos.stock.v1 import stock_pb2
 
 from benchmarks.floor import sequential_latencies
 from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
+from pos.stock.v1 import stock_pb2
 
 PROCESSES = ("gateway", "checkout", "stock", "customer", "loyalty")
 BASE_PORT = 57050
@@ -49,8 +49,19 @@ def _wait_serving(addresses: list[str], timeout: float = 60.0) -> float:
 
 def _start_embedded(data_dir: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "storeplane_cli", "run", "--no-seed", "--data-dir", data_dir,
-         "--base-port", str(BASE_PORT), "--metrics-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "storeplane_cli",
+            "run",
+            "--no-seed",
+            "--data-dir",
+            data_dir,
+            "--base-port",
+            str(BASE_PORT),
+            "--metrics-port",
+            "0",
+        ],
         stdout=subprocess.DEVNULL,
     )
 
@@ -79,8 +90,13 @@ def embedded_cold_start(bench: Bench) -> list[Figure]:
                 _stop(proc)
     best, worst = min(runs), max(runs)
     return [
-        Figure("cold_start_to_all_serving_s", sorted(runs)[len(runs) // 2], "s", at_most=3.0,
-               note=f"median of {len(runs)} fresh starts (min {best:.2f}, max {worst:.2f}), incl. interpreter start"),
+        Figure(
+            "cold_start_to_all_serving_s",
+            sorted(runs)[len(runs) // 2],
+            "s",
+            at_most=3.0,
+            note=f"median of {len(runs)} fresh starts (min {best:.2f}, max {worst:.2f}), incl. interpreter start",
+        ),
     ]
 
 
@@ -113,8 +129,15 @@ def gateway_overhead(bench: Bench) -> list[Figure]:
     return [
         Figure("stock_get_item_direct_p50_ms", lat["direct"]["p50_ms"], "ms"),
         Figure("stock_get_item_via_gateway_p50_ms", lat["gateway"]["p50_ms"], "ms"),
-        Figure("gateway_added_p50_ms", added, "ms", at_most=1.5 * floor, floor="grpc_echo_p50_ms",
-               ratio=bench.ratio(added, "grpc_echo_p50_ms"), note="target: <= 1.5x the floor's p50"),
+        Figure(
+            "gateway_added_p50_ms",
+            added,
+            "ms",
+            at_most=1.5 * floor,
+            floor="grpc_echo_p50_ms",
+            ratio=bench.ratio(added, "grpc_echo_p50_ms"),
+            note="target: <= 1.5x the floor's p50",
+        ),
     ]
 
 
@@ -130,13 +153,15 @@ def idle_memory(bench: Bench) -> list[Figure]:
     figures = []
     with tempfile.TemporaryDirectory() as data_dir:
         env = {**os.environ, "DATA_DIR": data_dir, "METRICS_PORT": "0", "GRPC_HOST": "127.0.0.1"}
-        env.update({f"{n.upper()}_ADDR": f"127.0.0.1:{BASE_PORT + 10 + i}" for i, n in enumerate(PROCESSES)
-                    if n != "gateway"})
+        env.update(
+            {f"{n.upper()}_ADDR": f"127.0.0.1:{BASE_PORT + 10 + i}" for i, n in enumerate(PROCESSES) if n != "gateway"}
+        )
         procs = {}
         try:
             for i, name in enumerate(PROCESSES):
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", name], env={**env, "GRPC_PORT": str(BASE_PORT + 10 + i)},
+                    [sys.executable, "-m", name],
+                    env={**env, "GRPC_PORT": str(BASE_PORT + 10 + i)},
                     stdout=subprocess.DEVNULL,
                 )
             _wait_serving([f"127.0.0.1:{BASE_PORT + 10 + i}" for i in range(len(PROCESSES))])

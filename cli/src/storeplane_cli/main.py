@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from storeplane_cli import health
+from storeplane_cli import events, health
 from storeplane_cli.stack import PROCESSES, EmbeddedStack, Layout, ProcessStack, default_data_dir
 from storeplane_runtime.logs import configure_logging
 from storeplane_runtime.migrations import SchemaError
@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     seed = sub.add_parser("seed", parents=[common], help="load the deterministic demo data through the gateway")
     seed.add_argument("--gateway", default="", help="host:port of the gateway (default: from --host/--base-port)")
     seed.set_defaults(func=cmd_seed)
+
+    events.add_parser(sub, parents=[common])
     return p
 
 

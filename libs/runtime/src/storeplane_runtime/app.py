@@ -17,6 +17,7 @@ from typing import Protocol, TypeVar
 from storeplane_runtime.db import Database
 from storeplane_runtime.errors import BASE_ERROR_TABLE, ErrorTable
 from storeplane_runtime.logs import configure_logging
+from storeplane_runtime.messaging import Consumers, messaging_workers
 from storeplane_runtime.migrations import SchemaError, ensure_schema, upgrade
 from storeplane_runtime.server import Registration, ServiceHost, run_until_signal
 from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
@@ -52,11 +53,15 @@ class ServiceApp:
         *,
         package_file: str,
         error_table: ErrorTable = BASE_ERROR_TABLE,
+        consumers: Consumers | None = None,
     ) -> ServiceApp:
-        """The usual service: its own database and migrations beside the package, gRPC services on one host."""
+        """The usual service: its own database and migrations beside the package, gRPC services on one host,
+        its outbox relay and, when `consumers` has handlers, its event consumer (RabbitMQ or in-process bus)."""
         database = Database(settings.resolved_database_url())
         host = ServiceHost(settings, registrations=registrations, error_table=error_table)
-        return cls(name, settings, host, database, migrations_dir(package_file))
+        app = cls(name, settings, host, database, migrations_dir(package_file))
+        app.workers.extend(messaging_workers(name, settings, database, consumers))
+        return app
 
     def prepare_schema(self) -> None:
         if self.database is not None and self.migrations is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -39,6 +39,7 @@ class Database:
             _serialise_sqlite_writers(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._committed_hooks: list[Callable[[], None]] = []
+        self._event_listeners: list[Callable[[Sequence[outbox.PendingEvent]], None]] = []
         self._hooks_lock = threading.Lock()
 
     def on_events_committed(self, hook: Callable[[], None]) -> None:
@@ -46,12 +47,24 @@ class Database:
         with self._hooks_lock:
             self._committed_hooks.append(hook)
 
-    def events_committed(self) -> None:
+    def on_committed_events(self, listener: Callable[[Sequence[outbox.PendingEvent]], None]) -> None:
+        """Call `listener` with the events of each commit that wrote some, after the commit (in-process fan-out,
+        e.g. live streams fed from committed changes). Runs on the committing thread: keep it quick."""
+        with self._hooks_lock:
+            self._event_listeners.append(listener)
+
+    def events_committed(self, events: Sequence[outbox.PendingEvent] = ()) -> None:
         for hook in list(self._committed_hooks):
             try:
                 hook()
             except Exception:
                 log.exception("after-commit hook failed")
+        if events:
+            for listener in list(self._event_listeners):
+                try:
+                    listener(events)
+                except Exception:
+                    log.exception("committed-events listener failed")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -110,14 +123,14 @@ class UnitOfWork:
         return pending.event_id
 
     def commit(self) -> None:
-        wrote_events = bool(self._pending)
-        if wrote_events:
-            outbox.write(self.session, self._pending)
+        written = self._pending
+        if written:
+            outbox.write(self.session, written)
             self._pending = []
         self.session.commit()
         self._committed = True
-        if wrote_events:
-            self.database.events_committed()
+        if written:
+            self.database.events_committed(written)
 
     def rollback(self) -> None:
         self._pending = []

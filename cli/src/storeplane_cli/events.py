@@ -1,0 +1,201 @@
+"""`storeplane events ...`: operator tools for the event backbone on RabbitMQ.
+
+    storeplane events depths                       queue depths of every consuming service
+    storeplane events parked stock                 list parked messages (type, id, reason, attempts)
+    storeplane events replay stock [--id ID]       put parked messages back on `stock.events`
+    storeplane events purge stock.events.parked    drop every message of a queue (asks to confirm)
+
+The broker is `--amqp-url` or AMQP_URL. The embedded stack's in-process bus has no broker to inspect:
+its parked events are logged (`event parked`) and kept in memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
+
+import pika
+import pika.exceptions
+
+from storeplane_runtime.messaging.config import MessagingSettings
+from storeplane_runtime.messaging.envelope import ORIGIN_QUEUE_HEADER, Envelope, from_amqp, to_amqp
+from storeplane_runtime.messaging.topology import QueueNames, known_services
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class ParkedMessage:
+    event_type: str
+    event_id: str
+    reason: str
+    attempts: int
+
+
+def _connect(url: str) -> pika.BlockingConnection:
+    parameters = pika.URLParameters(url)
+    parameters.connection_attempts = 1
+    return pika.BlockingConnection(parameters)
+
+
+def _names(service: str) -> QueueNames:
+    return QueueNames(service, tuple(MessagingSettings().events_retry_delays))
+
+
+def queue_depths(url: str, services: Sequence[str] = ()) -> list[QueueDepth]:
+    """Messages and consumers of each existing queue of the given (default: all known) services."""
+    rows: list[QueueDepth] = []
+    connection = _connect(url)
+    try:
+        channel = connection.channel()
+        for service in services or known_services():
+            for queue in _names(service).all():
+                try:
+                    ok = channel.queue_declare(queue, passive=True).method
+                except pika.exceptions.ChannelClosedByBroker:  # no such queue
+                    channel = connection.channel()
+                    continue
+                rows.append(QueueDepth(queue, ok.message_count, ok.consumer_count))
+    finally:
+        connection.close()
+    return rows
+
+
+def _attempts(envelope: Envelope, properties: pika.BasicProperties) -> int:
+    delivery_count = (properties.headers or {}).get("x-delivery-count")
+    if isinstance(delivery_count, int) and envelope.reason.startswith("broker:"):
+        return delivery_count + 1
+    return envelope.attempt
+
+
+def list_parked(url: str, service: str, limit: int = 100) -> list[ParkedMessage]:
+    """Look at (without removing) up to `limit` parked messages of a service."""
+    found: list[ParkedMessage] = []
+    connection = _connect(url)
+    try:
+        channel = connection.channel()
+        for _ in range(limit):
+            method, properties, body = channel.basic_get(_names(service).parked, auto_ack=False)
+            if method is None:
+                break
+            envelope = from_amqp(properties, body)
+            found.append(
+                ParkedMessage(envelope.event_type, envelope.event_id, envelope.reason, _attempts(envelope, properties))
+            )
+        # Closing the channel returns every unacknowledged message to the parking queue.
+    finally:
+        connection.close()
+    return found
+
+
+def replay_parked(url: str, service: str, *, event_ids: Sequence[str] = (), limit: int = 10_000) -> int:
+    """Move parked messages (all, or those with the given event ids) back to the service's queue as a first
+    attempt; each is acknowledged on the parking queue only after the broker confirmed the copy."""
+    names = _names(service)
+    wanted = set(event_ids)
+    moved = 0
+    connection = _connect(url)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        count = channel.queue_declare(names.parked, passive=True).method.message_count
+        for _ in range(min(count, limit)):
+            method, properties, body = channel.basic_get(names.parked, auto_ack=False)
+            if method is None:
+                break
+            envelope = from_amqp(properties, body)
+            if wanted and envelope.event_id not in wanted:
+                continue  # left unacknowledged: back to the parking queue when the channel closes
+            target = _text((properties.headers or {}).get(ORIGIN_QUEUE_HEADER)) or names.main
+            channel.basic_publish("", target, body, to_amqp(replace(envelope, attempt=1, reason="")), mandatory=True)
+            channel.basic_ack(method.delivery_tag)
+            moved += 1
+    finally:
+        connection.close()
+    return moved
+
+
+def purge(url: str, queue: str) -> int:
+    connection = _connect(url)
+    try:
+        return int(connection.channel().queue_purge(queue).method.message_count)
+    finally:
+        connection.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+# command line --------------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Register `events` and its subcommands on the `storeplane` parser."""
+    events = sub.add_parser("events", parents=list(parents), help="operate the event bus (RabbitMQ)")
+    events.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default: AMQP_URL")
+    inner = events.add_subparsers(dest="events_command", required=True)
+    depths = inner.add_parser("depths", help="queue depths of the consuming services")
+    depths.add_argument("services", nargs="*")
+    depths.set_defaults(func=cmd_depths)
+    parked = inner.add_parser("parked", help="list parked messages of a service")
+    parked.add_argument("service")
+    parked.add_argument("--limit", type=int, default=100)
+    parked.set_defaults(func=cmd_parked)
+    replay = inner.add_parser("replay", help="put parked messages back on the service's queue")
+    replay.add_argument("service")
+    replay.add_argument("--id", dest="event_ids", action="append", default=[], help="only this event id (repeatable)")
+    replay.set_defaults(func=cmd_replay)
+    purge_cmd = inner.add_parser("purge", help="drop every message of a queue")
+    purge_cmd.add_argument("queue")
+    purge_cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    purge_cmd.set_defaults(func=cmd_purge)
+
+
+def _url(args: argparse.Namespace) -> str:
+    if not args.amqp_url:
+        print("storeplane events: no broker: set AMQP_URL or pass --amqp-url", file=sys.stderr)
+        raise SystemExit(2)
+    return str(args.amqp_url)
+
+
+def cmd_depths(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    rows = queue_depths(_url(args), args.services)
+    print(f"{'queue':<40} {'messages':>9} {'consumers':>9}", file=out)
+    for row in rows:
+        print(f"{row.queue:<40} {row.messages:>9} {row.consumers:>9}", file=out)
+    return 0
+
+
+def cmd_parked(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    rows = list_parked(_url(args), args.service, args.limit)
+    print(f"{'type':<36} {'event id':<36} {'attempts':>8}  reason", file=out)
+    for row in rows:
+        print(f"{row.event_type:<36} {row.event_id:<36} {row.attempts:>8}  {row.reason}", file=out)
+    print(f"{len(rows)} parked message(s) shown", file=out)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    moved = replay_parked(_url(args), args.service, event_ids=args.event_ids)
+    print(f"{moved} message(s) replayed to {args.service}.events", file=out)
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, out: TextIO = sys.stdout, ask: Callable[[str], str] = input) -> int:
+    if not args.yes:
+        answer = ask(f"Purge every message of {args.queue}? Type the queue name to confirm: ")
+        if answer.strip() != args.queue:
+            print("not purged", file=out)
+            return 1
+    print(f"{purge(_url(args), args.queue)} message(s) purged from {args.queue}", file=out)
+    return 0

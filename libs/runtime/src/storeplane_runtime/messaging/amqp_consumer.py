@@ -1,0 +1,222 @@
+"""The RabbitMQ consumer runner of one service: one connection owned by an I/O thread, handlers on another.
+
+pika is not thread-safe: only the I/O thread touches the connection. It keeps heartbeats flowing while a handler
+runs; the handler thread hands results back with `add_callback_threadsafe`, and the I/O thread acknowledges,
+sends failures to the retry queue for their attempt, or parks them after the last attempt, each with a publisher
+confirm before the original is acknowledged. Connection loss: reconnect with backoff and jitter; whatever was
+unacknowledged is redelivered and the inbox makes it harmless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from storeplane_runtime import telemetry
+from storeplane_runtime.messaging.config import MessagingSettings
+from storeplane_runtime.messaging.consumers import InboxApplier, Outcome
+from storeplane_runtime.messaging.envelope import (
+    ORIGIN_QUEUE_HEADER,
+    PARKED_AT_HEADER,
+    REASON_HEADER,
+    Envelope,
+    from_amqp,
+    to_amqp,
+)
+from storeplane_runtime.messaging.topology import QueueNames, declare_consumer_queues
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    generation: int
+    tag: int
+    envelope: Envelope
+
+
+class AmqpConsumer:
+    """A `Worker`: consumes `<service>.events` and applies each event through an `InboxApplier`."""
+
+    def __init__(self, url: str, applier: InboxApplier, *, settings: MessagingSettings | None = None) -> None:
+        self.settings = settings or MessagingSettings()
+        self.parameters = pika.URLParameters(url)
+        self.parameters.heartbeat = self.settings.amqp_heartbeat_seconds
+        self.parameters.connection_attempts = 1
+        self.parameters.socket_timeout = 5
+        self.applier = applier
+        self.name = applier.consumers.name
+        self.queues = QueueNames(self.name, tuple(self.settings.events_retry_delays))
+        self.ready = threading.Event()  # consuming (tests wait on it)
+        self.connections_opened = 0
+        self._stopping = threading.Event()
+        self._work: queue.Queue[_Delivery] = queue.Queue()
+        self._generation = 0
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._publisher: Any = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._io_loop, name=f"events-io-{self.name}", daemon=True),
+            threading.Thread(target=self._handler_loop, name=f"events-handler-{self.name}", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closed meanwhile
+                connection.add_callback_threadsafe(lambda: None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads = []
+
+    # I/O thread -------------------------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._consume()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                self.ready.clear()
+                delay = min(self.settings.reconnect_max_seconds, 0.25 * 2 ** min(failures, 8)) * random.uniform(
+                    0.5, 1.0
+                )
+                log.warning(
+                    "event consumer disconnected, reconnecting",
+                    extra={"consumer": self.name, "error": f"{type(exc).__name__}: {exc}", "retry_in": delay},
+                )
+                self._stopping.wait(delay)
+
+    def _consume(self) -> None:
+        connection = pika.BlockingConnection(self.parameters)
+        self._generation += 1
+        generation = self._generation
+        self._drop_stale_work()
+        try:
+            channel = connection.channel()
+            declare_consumer_queues(
+                channel,
+                self.queues,
+                delivery_limit=self.settings.events_delivery_limit,
+                event_types=self.applier.consumers.event_types,
+            )
+            publisher = connection.channel()
+            publisher.confirm_delivery()
+            channel.basic_qos(prefetch_count=self.settings.events_prefetch)
+
+            def on_message(_ch: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+                envelope = from_amqp(properties, body, redelivered=bool(method.redelivered))
+                self._work.put(_Delivery(generation, method.delivery_tag, envelope))
+
+            channel.basic_consume(self.queues.main, on_message, auto_ack=False)
+            self._connection = connection
+            self._channel, self._publisher = channel, publisher
+            self.connections_opened += 1
+            self.ready.set()
+            while not self._stopping.is_set():
+                connection.process_data_events(time_limit=1.0)
+        finally:
+            self.ready.clear()
+            self._connection = None
+            with contextlib.suppress(Exception):
+                if connection.is_open:
+                    connection.close()
+
+    def _settle(self, deliveries: list[_Delivery], outcomes: list[Outcome]) -> None:
+        """In the I/O thread: ack, retry or park each delivery of one applied batch."""
+        if not deliveries or deliveries[0].generation != self._generation or self._connection is None:
+            return  # the connection these tags belong to is gone; the broker redelivers them
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            if outcome.failed:
+                self._send_failure(delivery.envelope, outcome)
+            self._channel.basic_ack(delivery.tag)
+
+    def _send_failure(self, envelope: Envelope, outcome: Outcome) -> None:
+        retry = None if outcome.final else self.queues.retry_for(envelope.attempt)
+        if retry is not None:
+            self._publisher.basic_publish("", retry, envelope.payload, to_amqp(envelope.next_attempt()), mandatory=True)
+            telemetry.EVENTS_RETRIED.labels(self.name, envelope.event_type).inc()
+            return
+        headers = {
+            REASON_HEADER: outcome.reason,
+            PARKED_AT_HEADER: datetime.now(UTC).isoformat(),
+            ORIGIN_QUEUE_HEADER: self.queues.main,
+        }
+        self._publisher.basic_publish(
+            "", self.queues.parked, envelope.payload, to_amqp(envelope, extra_headers=headers), mandatory=True
+        )
+        telemetry.EVENTS_PARKED.labels(self.name, envelope.event_type).inc()
+        log.error(
+            "event parked",
+            extra={
+                "consumer": self.name,
+                "event_type": envelope.event_type,
+                "event_id": envelope.event_id,
+                "attempts": envelope.attempt,
+                "reason": outcome.reason,
+            },
+        )
+
+    def _drop_stale_work(self) -> None:
+        try:
+            while True:
+                self._work.get_nowait()
+        except queue.Empty:
+            pass
+
+    # handler thread --------------------------------------------------------------------------------------
+
+    def _handler_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self.settings.events_batch_size:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item.generation != first.generation:
+                    batch = [item]  # a reconnect happened: older tags are void
+                    continue
+                batch.append(item)
+            if batch[0].generation != self._generation:
+                continue
+            outcomes = self.applier.apply_until_done([d.envelope for d in batch], self._stopping.is_set)
+            if outcomes is None:
+                return
+            connection = self._connection
+            if connection is None:
+                continue
+            try:
+                connection.add_callback_threadsafe(lambda b=batch, o=outcomes: self._settle(b, o))
+            except Exception:
+                log.warning("could not acknowledge, the connection closed; events will be redelivered")
+
+
+def replayed(envelope: Envelope) -> Envelope:
+    """The envelope as it goes back to its queue from parking: a fresh first attempt."""
+    return replace(envelope, attempt=1, reason="")

@@ -1,0 +1,40 @@
+"""Tuning of the event backbone, read from the environment (EVENTS_*, OUTBOX_*), with defaults for production."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class MessagingSettings(BaseSettings):
+    """How the relay polls and prunes, and how consumers retry and park."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Delays (seconds) before the 2nd, 3rd, ... attempt of a failing handler; one retry queue per delay.
+    events_retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
+    # Redeliveries (crashes, nacks) a quorum queue allows before it dead-letters to the parking queue.
+    events_delivery_limit: int = Field(default=10, ge=1, le=1000)
+    events_prefetch: int = Field(default=200, ge=1, le=10_000)
+    events_batch_size: int = Field(default=100, ge=1, le=10_000)
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    outbox_retention_hours: float = Field(default=72.0, ge=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    amqp_heartbeat_seconds: int = Field(default=30, ge=0, le=600)
+
+    @field_validator("events_retry_delays", mode="before")
+    @classmethod
+    def _delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(float(part) for part in value.replace(" ", "").split(",") if part)
+        if isinstance(value, list | tuple) and any(float(v) <= 0 for v in value):
+            raise ValueError("every retry delay must be > 0 seconds")
+        return value
+
+    @property
+    def max_attempts(self) -> int:
+        """Handler attempts before a message is parked: the first one plus one per retry delay."""
+        return len(self.events_retry_delays) + 1

@@ -1,0 +1,273 @@
+"""Event handlers of a service and how they are applied: each in a unit of work with its inbox row.
+
+    consumers = Consumers("stock")
+
+    @consumers.handler(SaleCompleted)
+    def on_sale(uow: UnitOfWork, event: SaleCompleted) -> None: ...
+
+A handler changes state through `uow.session` (and may `uow.publish` further events); it does not commit.
+The runner commits the handler's effects, the events it published and the inbox row (consumer, event id) together,
+and acknowledges the message only after that commit. An event whose inbox row exists is acknowledged without
+effect, so redeliveries and replays are harmless. Messages that arrive together are applied in one transaction,
+each in its own savepoint, so one failing handler does not undo the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from sqlalchemy import Connection
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from storeplane_runtime import telemetry
+from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.messaging.envelope import Envelope
+from storeplane_runtime.outbox import inbox_table
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("storeplane.messaging")
+
+E = TypeVar("E", bound=Message)
+U = TypeVar("U", bound=UnitOfWork)
+Handler = Callable[[Any, Any], None]
+
+
+@dataclass(frozen=True)
+class Registration(Generic[E]):
+    event_class: type[E]
+    handle: Handler
+
+
+class Consumers:
+    """The event handlers of one consuming service (its consumer name and queue prefix is `name`)."""
+
+    def __init__(self, name: str, *, unit_of_work: Callable[[Database, str], UnitOfWork] | None = None) -> None:
+        self.name = name
+        self.unit_of_work: Callable[[Database, str], UnitOfWork] = unit_of_work or (
+            lambda db, source: UnitOfWork(db, source=source)
+        )
+        self.registrations: dict[str, Registration[Any]] = {}
+
+    def handler(self, event_class: type[E]) -> Callable[[Callable[[Any, E], None]], Callable[[Any, E], None]]:
+        """Register `fn(uow, event)` for events of `event_class` (one handler per event type)."""
+
+        def register(fn: Callable[[Any, E], None]) -> Callable[[Any, E], None]:
+            event_type = event_class.DESCRIPTOR.full_name
+            if event_type in self.registrations:
+                raise ValueError(f"{self.name}: a handler for {event_type} is already registered")
+            self.registrations[event_type] = Registration(event_class, fn)
+            return fn
+
+        return register
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(self.registrations)
+
+    def __bool__(self) -> bool:
+        return bool(self.registrations)
+
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one delivered event."""
+
+    status: str  # APPLIED, DUPLICATE, IGNORED or "failed"
+    reason: str = ""
+    final: bool = False  # a failure that retrying cannot cure (undecodable body): park at once
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+class _HandlerFailed(Exception):
+    """A handler raised in the fast path: the batch is applied again event by event."""
+
+    def __init__(self, index: int, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.index = index
+        self.outcome = outcome
+
+
+class InboxApplier:
+    """Applies delivered events to one service's database, exactly once in effect per (consumer, event id)."""
+
+    def __init__(self, database: Database, consumers: Consumers) -> None:
+        self.database = database
+        self.consumers = consumers
+
+    def apply(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        """Apply in one transaction. Raises when the database itself fails (then nothing was applied).
+
+        Fast path: one multi-row inbox insert, the handlers, one commit. If a handler fails, the batch is rolled
+        back and applied again with a savepoint per event, so only the failing event is left out.
+        """
+        try:
+            outcomes = self._apply_batch(envelopes)
+        except _HandlerFailed as failure:
+            # The failing event is not run again (that would be a second attempt within one delivery).
+            outcomes = self._apply_with_savepoints(envelopes, {failure.index: failure.outcome})
+        done = datetime.now(UTC)
+        name = self.consumers.name
+        for envelope, outcome in zip(envelopes, outcomes, strict=True):
+            telemetry.EVENTS_CONSUMED.labels(name, envelope.event_type, outcome.status).inc()
+            if outcome.status == APPLIED:
+                lag = (done - envelope.occurred_at).total_seconds()
+                telemetry.EVENT_LAG.labels(name, envelope.event_type).observe(max(0.0, lag))
+        return outcomes
+
+    def _apply_with_savepoints(self, envelopes: Sequence[Envelope], known: dict[int, Outcome]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        uow = self.consumers.unit_of_work(self.database, self.consumers.name)
+        with uow:
+            for i, envelope in enumerate(envelopes):
+                outcomes.append(known[i] if i in known else self._apply_one(uow, envelope))
+            if any(o.status == APPLIED for o in outcomes):
+                uow.commit()
+        return outcomes
+
+    def _apply_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
+        events: dict[int, Message] = {}
+        for i, envelope in enumerate(envelopes):
+            registration = self.consumers.registrations.get(envelope.event_type)
+            if registration is None:
+                outcomes[i] = Outcome(IGNORED)
+                continue
+            try:
+                events[i] = registration.event_class.FromString(envelope.payload)
+            except DecodeError as exc:
+                outcomes[i] = Outcome("failed", f"undecodable {envelope.event_type}: {exc}", final=True)
+        uow = self.consumers.unit_of_work(self.database, self.consumers.name)
+        with uow:
+            fresh = self._record_many(uow.session.connection(), [envelopes[i] for i in events])
+            first_seen: set[str] = set()
+            for i, event in events.items():
+                envelope = envelopes[i]
+                if envelope.event_id not in fresh or envelope.event_id in first_seen:
+                    outcomes[i] = Outcome(DUPLICATE)
+                    continue
+                first_seen.add(envelope.event_id)
+                try:
+                    self._handle(uow, envelope, event)
+                except Exception as exc:
+                    raise _HandlerFailed(i, self._failed(envelope, exc)) from exc
+                outcomes[i] = Outcome(APPLIED)
+            if first_seen:
+                uow.commit()
+        return [o if o is not None else Outcome(IGNORED) for o in outcomes]
+
+    def _handle(self, uow: UnitOfWork, envelope: Envelope, event: Message) -> None:
+        registration = self.consumers.registrations[envelope.event_type]
+        token = otel_context.attach(propagate.extract(dict(envelope.trace_headers)))
+        try:
+            with tracer.start_as_current_span(
+                f"{envelope.event_type} process",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "rabbitmq",
+                    "messaging.operation": "process",
+                    "messaging.message.id": envelope.event_id,
+                    "messaging.consumer.group.name": self.consumers.name,
+                },
+            ):
+                registration.handle(uow, event)
+        finally:
+            otel_context.detach(token)
+
+    def _record_many(self, conn: Connection, envelopes: Sequence[Envelope]) -> set[str]:
+        """Insert the inbox rows; returns the event ids that were not there before."""
+        if not envelopes:
+            return set()
+        now = datetime.now(UTC)
+        rows = {
+            e.event_id: {
+                "consumer": self.consumers.name,
+                "event_id": e.event_id,
+                "event_type": e.event_type,
+                "processed_at": now,
+            }
+            for e in envelopes
+        }
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        statement = (
+            insert(inbox_table).values(list(rows.values())).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+        )
+        return set(conn.execute(statement).scalars())
+
+    def _apply_one(self, uow: UnitOfWork, envelope: Envelope) -> Outcome:
+        registration = self.consumers.registrations.get(envelope.event_type)
+        if registration is None:
+            return Outcome(IGNORED)
+        try:
+            event = registration.event_class.FromString(envelope.payload)
+        except DecodeError as exc:
+            return Outcome("failed", f"undecodable {envelope.event_type}: {exc}", final=True)
+        session = uow.session
+        savepoint = session.begin_nested()
+        pending_mark = len(uow._pending)
+        if not self._record(session.connection(), envelope):
+            savepoint.rollback()
+            return Outcome(DUPLICATE)
+        try:
+            self._handle(uow, envelope, event)
+            savepoint.commit()
+            return Outcome(APPLIED)
+        except Exception as exc:
+            savepoint.rollback()
+            del uow._pending[pending_mark:]
+            return self._failed(envelope, exc)
+
+    def _failed(self, envelope: Envelope, exc: Exception) -> Outcome:
+        log.warning(
+            "event handler failed",
+            extra={
+                "consumer": self.consumers.name,
+                "event_type": envelope.event_type,
+                "event_id": envelope.event_id,
+                "attempt": envelope.attempt,
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        return Outcome("failed", f"{type(exc).__name__}: {exc}"[:1000])
+
+    def _record(self, conn: Connection, envelope: Envelope) -> bool:
+        """Insert the inbox row; False when it was there already (the event was applied before)."""
+        values = {
+            "consumer": self.consumers.name,
+            "event_id": envelope.event_id,
+            "event_type": envelope.event_type,
+            "processed_at": datetime.now(UTC),
+        }
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        # RETURNING, not rowcount: the driver's rowcount of ON CONFLICT DO NOTHING is not reliable on PostgreSQL.
+        statement = insert(inbox_table).values(**values).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+        return conn.execute(statement).first() is not None
+
+    def apply_until_done(self, envelopes: Sequence[Envelope], stopping: Callable[[], bool]) -> list[Outcome] | None:
+        """`apply`, retried with backoff while the database is unreachable; None if asked to stop meanwhile."""
+        delay = 0.2
+        while True:
+            try:
+                return self.apply(envelopes)
+            except Exception:
+                log.warning("consumer cannot reach its database, retrying", exc_info=True)
+                if stopping():
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)

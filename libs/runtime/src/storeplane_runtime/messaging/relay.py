@@ -1,0 +1,359 @@
+"""The outbox relay: publishes committed outbox rows, in id order, and marks them sent once the bus confirmed them.
+
+One relay thread per service process. It wakes right after a commit that wrote events (`Database.on_events_committed`)
+and otherwise polls. On PostgreSQL several replicas may run: each claims its batch with `FOR UPDATE SKIP LOCKED` and
+keeps the lock until the rows are marked sent, so a row is published by one replica only. A crash between
+publishing and marking sent publishes that batch again: consumers deduplicate on the event id (inbox).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import pika
+import pika.exceptions
+from pika.spec import Basic
+from sqlalchemy import Connection, Row, delete, func, select, update
+
+from storeplane_runtime import telemetry
+from storeplane_runtime.db import Database
+from storeplane_runtime.messaging.config import MessagingSettings
+from storeplane_runtime.messaging.envelope import EXCHANGE, Envelope, to_amqp
+from storeplane_runtime.messaging.topology import declare_exchange
+from storeplane_runtime.outbox import outbox_table
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+UNROUTABLE = "unroutable"
+
+
+class Publisher(Protocol):
+    """Where the relay sends events: RabbitMQ or the in-process bus."""
+
+    def connect(self) -> None:
+        """Make sure a publish can be attempted; raises when the bus is unreachable."""
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Publish all, wait for the bus to take responsibility; per envelope OK, UNROUTABLE or an error text."""
+        ...
+
+    def idle(self, seconds: float, wake: threading.Event) -> None:
+        """Wait up to `seconds` (keeping the connection alive) or until `wake` is set and `interrupt` called."""
+
+    def interrupt(self) -> None:
+        """Cut `idle` short (thread-safe)."""
+
+    def close(self) -> None: ...
+
+
+class AmqpPublisher:
+    """Publishes to `pos.events` with publisher confirms, all messages of a batch in flight at once.
+
+    pika's BlockingChannel waits for each confirm in turn; here the batch is written through the channel's
+    asynchronous implementation and confirms are collected by delivery tag while the connection pumps I/O.
+    Not thread-safe: used by the relay thread only (except `interrupt`).
+    """
+
+    def __init__(
+        self, url: str, *, app_id: str, heartbeat: int = 30, confirm_timeout: float = 30.0, connect_timeout: float = 5.0
+    ) -> None:
+        self.parameters = pika.URLParameters(url)
+        self.parameters.heartbeat = heartbeat
+        self.parameters.blocked_connection_timeout = confirm_timeout
+        self.parameters.socket_timeout = connect_timeout
+        self.parameters.stack_timeout = connect_timeout + 5
+        self.parameters.connection_attempts = 1
+        self.app_id = app_id
+        self.confirm_timeout = confirm_timeout
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None  # the asynchronous pika.channel.Channel behind the BlockingChannel
+        self._next_tag = 1
+        self._pending: dict[int, int] = {}  # delivery tag -> index in the batch
+        self._results: list[str] = []
+        self._returned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def connect(self) -> None:
+        if self._connection is not None and self._connection.is_open and self._channel is not None:
+            return
+        self.close()
+        connection = pika.BlockingConnection(self.parameters)
+        try:
+            blocking_channel = connection.channel()
+            declare_exchange(blocking_channel)
+            channel = blocking_channel._impl
+            selected = threading.Event()
+            channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.set())
+            channel.add_on_return_callback(self._on_return)
+            deadline = time.monotonic() + self.confirm_timeout
+            while not selected.is_set() and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.1)
+            if not selected.is_set():
+                raise pika.exceptions.AMQPConnectionError("confirm.select not answered")
+        except BaseException:
+            _close_quietly(connection)
+            raise
+        with self._lock:
+            self._connection, self._channel, self._next_tag = connection, channel, 1
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[str]:
+        self.connect()
+        assert self._connection is not None
+        self._results = ["no confirm"] * len(envelopes)
+        self._pending = {}
+        self._returned = set()
+        try:
+            for index, envelope in enumerate(envelopes):
+                self._pending[self._next_tag] = index
+                self._next_tag += 1
+                self._channel.basic_publish(
+                    EXCHANGE, envelope.event_type, envelope.payload, to_amqp(envelope), mandatory=True
+                )
+            deadline = time.monotonic() + self.confirm_timeout
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise pika.exceptions.AMQPConnectionError("publisher confirms timed out")
+                self._connection.process_data_events(time_limit=min(remaining, 1.0))
+        except BaseException:
+            self.close()
+            raise
+        for index, envelope in enumerate(envelopes):
+            if self._results[index] == OK and envelope.event_id in self._returned:
+                self._results[index] = UNROUTABLE
+        return self._results
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
+        for tag in tags:
+            index = self._pending.pop(tag, None)
+            if index is not None:
+                self._results[index] = OK if ok else "nacked by broker"
+        if not self._pending and self._connection is not None:
+            # Callbacks of the underlying channel do not end process_data_events early; a ready event does.
+            self._connection.add_callback_threadsafe(_nothing)
+
+    def _on_return(self, _channel: Any, method: Any, properties: pika.BasicProperties, _body: bytes) -> None:
+        # basic.return precedes the basic.ack of an unroutable mandatory message.
+        self._returned.add(str(properties.message_id))
+        log.warning("event unroutable", extra={"event_type": properties.type, "reply": method.reply_text})
+
+    def idle(self, seconds: float, wake: threading.Event) -> None:
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            wake.wait(seconds)
+            return
+        try:
+            connection.process_data_events(time_limit=seconds)
+        except Exception:
+            log.warning("publisher connection lost while idle", exc_info=True)
+            self.close()
+
+    def interrupt(self) -> None:
+        with self._lock:
+            connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closed meanwhile: the relay is not waiting on it
+                connection.add_callback_threadsafe(_nothing)
+
+    def close(self) -> None:
+        with self._lock:
+            connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            _close_quietly(connection)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _close_quietly(connection: pika.BlockingConnection) -> None:
+    with contextlib.suppress(Exception):
+        if connection.is_open:
+            connection.close()
+
+
+class OutboxRelay:
+    """A `Worker`: publishes the outbox of one service's database through a `Publisher`."""
+
+    def __init__(
+        self,
+        database: Database,
+        publisher: Publisher,
+        *,
+        service: str,
+        settings: MessagingSettings | None = None,
+    ) -> None:
+        self.database = database
+        self.publisher = publisher
+        self.service = service
+        self.settings = settings or MessagingSettings()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_stats = 0.0
+        self._next_prune = 0.0
+        self.published = 0  # rows marked sent by this relay (tests and benchmarks read it)
+        database.on_events_committed(self.wake)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name=f"outbox-relay-{self.service}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wake()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.publisher.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+        self.publisher.interrupt()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self._housekeeping()
+                sent = self.relay_once()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(self.settings.reconnect_max_seconds, 0.2 * 2 ** min(failures, 10))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning(
+                    "outbox relay cannot publish, retrying",
+                    extra={"service": self.service, "error": f"{type(exc).__name__}: {exc}", "retry_in": delay},
+                )
+                self._stopping.wait(delay)
+                continue
+            if sent >= self.settings.outbox_batch_size or self._wake.is_set():
+                continue
+            self.publisher.idle(self.settings.outbox_poll_seconds, self._wake)
+
+    def relay_once(self) -> int:
+        """Publish one batch of unsent rows; returns how many rows were taken (0 when the outbox is drained)."""
+        self.publisher.connect()
+        if self.database.is_sqlite:
+            # One relay per SQLite file (embedded); keep the write lock only for the short reads and updates.
+            with self.database.engine.connect() as conn:
+                with conn.begin():
+                    rows = self._select(conn, lock=False)
+                if not rows:
+                    return 0
+                results = self.publisher.publish([_envelope(r) for r in rows])
+                with conn.begin():
+                    self._mark(conn, rows, results)
+                return len(rows)
+        with self.database.engine.connect() as conn, conn.begin():
+            rows = self._select(conn, lock=True)
+            if not rows:
+                return 0
+            results = self.publisher.publish([_envelope(r) for r in rows])
+            self._mark(conn, rows, results)
+            return len(rows)
+
+    def _select(self, conn: Connection, *, lock: bool) -> Sequence[Row[Any]]:
+        query = (
+            select(outbox_table)
+            .where(outbox_table.c.sent_at.is_(None))
+            .order_by(outbox_table.c.id)
+            .limit(self.settings.outbox_batch_size)
+        )
+        if lock:
+            query = query.with_for_update(skip_locked=True)
+        return conn.execute(query).all()
+
+    def _mark(self, conn: Connection, rows: Sequence[Row[Any]], results: Sequence[str]) -> None:
+        now = datetime.now(UTC)
+        sent = [r.id for r, res in zip(rows, results, strict=True) if res == OK]
+        unroutable = [r for r, res in zip(rows, results, strict=True) if res == UNROUTABLE]
+        failed = [(r, res) for r, res in zip(rows, results, strict=True) if res not in (OK, UNROUTABLE)]
+        if sent:
+            conn.execute(update(outbox_table).where(outbox_table.c.id.in_(sent)).values(sent_at=now))
+        if unroutable:
+            # Nothing is bound to this type: republishing cannot help. Reported by log and metric, kept as sent.
+            conn.execute(
+                update(outbox_table)
+                .where(outbox_table.c.id.in_([r.id for r in unroutable]))
+                .values(sent_at=now, last_error="unroutable: no queue bound to this event type")
+            )
+        for row, error in failed:
+            conn.execute(
+                update(outbox_table)
+                .where(outbox_table.c.id == row.id)
+                .values(attempts=outbox_table.c.attempts + 1, last_error=error[:500])
+            )
+        for row, res in zip(rows, results, strict=True):
+            if res == OK:
+                telemetry.EVENTS_PUBLISHED.labels(self.service, row.event_type).inc()
+            elif res == UNROUTABLE:
+                telemetry.EVENTS_UNROUTABLE.labels(self.service, row.event_type).inc()
+        self.published += len(sent) + len(unroutable)
+        if failed:
+            log.warning("events not confirmed, will retry", extra={"service": self.service, "count": len(failed)})
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + 5.0
+            self.update_backlog_metrics()
+        if now >= self._next_prune:
+            self._next_prune = now + 600.0
+            self.prune()
+
+    def update_backlog_metrics(self) -> tuple[int, float]:
+        """Set the backlog gauges; returns (unsent rows, age in seconds of the oldest)."""
+        with self.database.engine.connect() as conn:
+            count, oldest = conn.execute(
+                select(func.count(), func.min(outbox_table.c.occurred_at)).where(outbox_table.c.sent_at.is_(None))
+            ).one()
+        age = 0.0
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        telemetry.OUTBOX_BACKLOG.labels(self.service).set(count)
+        telemetry.OUTBOX_OLDEST_AGE.labels(self.service).set(age)
+        return int(count), age
+
+    def prune(self) -> int:
+        """Delete rows sent longer ago than the retention period, in chunks; returns how many."""
+        cutoff = datetime.now(UTC) - timedelta(hours=self.settings.outbox_retention_hours)
+        total = 0
+        while not self._stopping.is_set():
+            with self.database.engine.connect() as conn, conn.begin():
+                ids = select(outbox_table.c.id).where(outbox_table.c.sent_at < cutoff).limit(5000).scalar_subquery()
+                deleted = conn.execute(delete(outbox_table).where(outbox_table.c.id.in_(ids))).rowcount
+            total += deleted
+            if deleted < 5000:
+                break
+        return total
+
+
+def _envelope(row: Row[Any]) -> Envelope:
+    return Envelope(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        source=row.source,
+        payload=bytes(row.payload),
+        occurred_at=row.occurred_at if row.occurred_at.tzinfo else row.occurred_at.replace(tzinfo=UTC),
+        subject=row.subject or "",
+        store_id=row.store_id or "",
+        trace_headers=dict(row.headers or {}),
+    )
