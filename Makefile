@@ -13,7 +13,10 @@ PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproje
 run: .venv/.synced libs/contracts/.generated  ## the embedded stack: all five processes in one, SQLite, in-process bus
 	$(RUN) storeplane run
 
-up: .venv/.synced libs/contracts/.generated  ## each service its own process; DATABASE_URL_<SVC> / AMQP_URL from the environment
+# Distributed: the local PostgreSQL and RabbitMQ unless the environment names others.
+up: export POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+up: export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
+up: .venv/.synced libs/contracts/.generated  ## each service its own process, PostgreSQL and RabbitMQ
 	$(RUN) storeplane up
 
 test: .venv/.synced libs/contracts/.generated  ## every test (PostgreSQL and RabbitMQ must answer on 127.0.0.1)

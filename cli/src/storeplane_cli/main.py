@@ -46,6 +46,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    if not os.environ.get("AMQP_URL"):
+        print(
+            "storeplane up: AMQP_URL is not set — separate processes exchange events through RabbitMQ "
+            "(e.g. AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F); `storeplane run` needs no broker",
+            file=sys.stderr,
+        )
+        return 2
     stack = ProcessStack(_layout(args), os.environ)
     stack.start()
     print(f"storeplane processes started; gateway at {_layout(args).address('gateway')}", flush=True)
