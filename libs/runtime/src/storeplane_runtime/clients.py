@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
+import grpc.experimental
 from opentelemetry.instrumentation.grpc import client_interceptor as otel_client_interceptor
 from opentelemetry.instrumentation.grpc import grpcext
 
@@ -107,7 +108,13 @@ class PeerChannels:
         key = (address, "")
         with self._lock:
             if key not in self._channels:
-                self._channels[key] = grpc.insecure_channel(address, options=self._options(service_config("", ())))
+                options = [
+                    *self._options(service_config("", ())),
+                    # Unary calls forwarded as unary-stream ones are then driven by the calling thread itself:
+                    # as fast as a blocking call, yet cancellable (see gateway.proxy).
+                    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+                ]
+                self._channels[key] = grpc.insecure_channel(address, options=options)
             return self._channels[key]
 
     def close(self) -> None:

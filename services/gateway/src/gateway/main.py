@@ -29,6 +29,9 @@ FRONTED = {
 class Settings(ServiceSettings):
     """Settings of the gateway (see docs/conventions.md); the *_ADDR variables say where the services are."""
 
+    # Each forwarded call holds a worker for its whole life (streams too): more than a service needs.
+    grpc_workers: int = 64
+
 
 def backend_addresses(settings: ServiceSettings) -> Mapping[str, str]:
     return {
