@@ -6,11 +6,12 @@ In CI (CI=true) a test that needs PostgreSQL or RabbitMQ fails when the server i
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+
+from storeplane_runtime.testing import free_port
 
 POSTGRES_ADMIN_URL = os.environ.get("STOREPLANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -22,13 +23,6 @@ def need(server: str, reason: str) -> None:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

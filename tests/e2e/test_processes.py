@@ -7,19 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import free_port
 from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from storeplane_runtime.errors import details_of
+from storeplane_runtime.testing import free_port, wait_serving
 
 SERVICES = {
     "checkout": "pos.checkout.v1.CheckoutService",
@@ -27,23 +25,6 @@ SERVICES = {
     "customer": "pos.customer.v1.CustomerService",
     "loyalty": "pos.loyalty.v1.LoyaltyService",
 }
-
-
-def wait_serving(address: str, service: str = "", timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = str(status)
-            except grpc.RpcError as exc:
-                last = exc.code().name
-            time.sleep(0.1)
-    raise AssertionError(f"{address} not SERVING after {timeout}s (last: {last})")
 
 
 @pytest.fixture

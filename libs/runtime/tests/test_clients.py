@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import free_port
 from storeplane_runtime.clients import PeerChannels
 from storeplane_runtime.server import ServiceHost
 from storeplane_runtime.settings import ServiceSettings
+from storeplane_runtime.testing import free_port
 
 SERVICE = "test.v1.PeerService"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import free_port
+from storeplane_runtime.testing import free_port
 
 SCRIPT = Path(__file__).with_name("slow_service.py")
 

@@ -1,0 +1,35 @@
+"""Helpers for tests and benchmarks of storeplane processes (ports, waiting for health)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 30.0) -> None:
+    """Poll grpc.health.v1 until `service` at `address` is SERVING; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.05)
+    raise AssertionError(f"{address} ({service or 'server'}) not SERVING after {timeout}s (last: {last})")
