@@ -1,28 +1,62 @@
-"""Wiring of the stock service: settings, database, gRPC host."""
+"""Wiring of the stock service: settings, database, servicer, event consumers, expiry sweeper, live stock."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from stock.api import ERROR_TABLE, NAME, StockServicer
+from stock.consumers import stock_consumers
+from stock.expiry import ExpirySweeper
+from stock.services import StockPolicy
+from stock.settings import StockSettings
+from stock.watch import StockWatch
 from storeplane_runtime.app import ServiceApp, command_line
 from storeplane_runtime.server import Registration
-from storeplane_runtime.settings import ServiceSettings
+from storeplane_runtime.stores import load_stores
 
-NAME = "stock"
 SERVICE = stock_pb2.DESCRIPTOR.services_by_name["StockService"].full_name
 
-
-class Settings(ServiceSettings):
-    """Settings of the stock service (see docs/conventions.md)."""
+Settings = StockSettings  # the name other tooling imports
 
 
-def create_app(settings: Settings) -> ServiceApp:
-    # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
-    servicer = stock_pb2_grpc.StockServiceServicer()
+def policy_of(settings: StockSettings) -> StockPolicy:
+    return StockPolicy(
+        default_ttl=timedelta(seconds=settings.reservation_default_ttl_seconds),
+        max_ttl=timedelta(seconds=settings.reservation_max_ttl_seconds),
+        default_reorder_point=settings.default_reorder_point,
+    )
+
+
+def create_app(settings: StockSettings) -> ServiceApp:
+    policy = policy_of(settings)
+    watch = StockWatch(settings.watch_queue_size)
+    servicer = StockServicer(None, settings, load_stores(), watch, policy)
     registration = Registration(SERVICE, stock_pb2_grpc.add_StockServiceServicer_to_server, servicer)
-    return ServiceApp.with_database(NAME, settings, [registration], package_file=__file__)
+    app = ServiceApp.with_database(
+        NAME,
+        settings,
+        [registration],
+        package_file=__file__,
+        error_table=ERROR_TABLE,
+        consumers=stock_consumers(policy),
+    )
+    assert app.database is not None
+    servicer.database = app.database  # the app owns the database; the servicer gets it once it exists
+    app.database.on_committed_events(watch.committed)
+    app.host.on_stopping.append(watch.stop)
+    app.workers.append(
+        ExpirySweeper(
+            app.database,
+            policy,
+            interval=settings.expiry_sweep_seconds,
+            batch=settings.expiry_batch_size,
+            source=NAME,
+        )
+    )
+    return app
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    command_line(NAME, Settings, create_app, argv)
+    command_line(NAME, StockSettings, create_app, argv)

@@ -1,0 +1,63 @@
+"""The expiry sweeper: a worker that gives back the units of reservations whose TTL ran out, in small batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from stock import services
+from stock.services import StockPolicy
+from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.outbox import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class ExpirySweeper:
+    """Every `interval` seconds, expires due reservations `batch` at a time until none is left.
+
+    Safe beside Release, BasketVoided, sales and other sweepers (replicas): a reservation leaves ACTIVE once,
+    and only the transaction that moved it gives its units back.
+    """
+
+    def __init__(self, database: Database, policy: StockPolicy, *, interval: float, batch: int, source: str) -> None:
+        self.database = database
+        self.policy = policy
+        self.interval = interval
+        self.batch = batch
+        self.source = source
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self) -> int:
+        """Expire everything due now; returns how many reservations expired."""
+        total = 0
+        while not self._stopping.is_set():
+            with UnitOfWork(self.database, source=self.source) as uow:
+                count = services.expire_due(uow, self.policy, now=utcnow(), limit=self.batch)
+                uow.commit()
+            total += count
+            if count < self.batch:
+                break
+        return total
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="stock-expiry", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                expired = self.sweep()
+                if expired:
+                    log.info("reservations expired", extra={"count": expired})
+            except Exception:
+                log.warning("expiry sweep failed; trying again next time", exc_info=True)

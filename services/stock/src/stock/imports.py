@@ -1,0 +1,351 @@
+"""ERP batch imports (items, stock levels): a client stream applied chunk by chunk, one transaction per chunk,
+so memory stays bounded whatever the length and a bad row never aborts the good ones.
+
+Idempotency of a whole stream: the request_id of the first message names the import. If it was seen before, the
+stream is only read (to compare its rows with the first one's) and the first summary is returned; nothing is
+applied twice. Otherwise the rows are applied and the key is stored with the summary when the stream ends. A
+stream broken off midway leaves its committed chunks applied and no key: sending it again is safe, because rows
+are upserts ("unchanged" where they already hold).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from pos.stock.v1 import stock_pb2
+from stock import events, storage
+from stock.domain import (
+    MAX_SKU_LENGTH,
+    MAX_STOCK_QUANTITY,
+    ChangeReason,
+    Item,
+    Level,
+    LevelChange,
+    item_violations,
+)
+from stock.services import StockPolicy, publish_changes
+from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.errors import IdempotencyKeyReused
+from storeplane_runtime.idempotency import check_request_id
+from storeplane_runtime.outbox import idempotency_table, utcnow
+from storeplane_runtime.stores import MINOR_UNITS, Store
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_REJECTIONS = 1000
+R = TypeVar("R")  # a validated row
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk did; merged into the summary only once its transaction committed."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (row number, key, reason)
+
+
+@dataclass
+class Tally:
+    received: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejected_rows: list[stock_pb2.RejectedRow] = field(default_factory=list)
+
+    def reject(self, row_number: int, key: str, reason: str) -> None:
+        self.rejected += 1
+        if len(self.rejected_rows) < MAX_LISTED_REJECTIONS:
+            self.rejected_rows.append(stock_pb2.RejectedRow(row_number=row_number, key=key[:200], reason=reason))
+
+    def add(self, chunk: ChunkResult) -> None:
+        self.created += chunk.created
+        self.updated += chunk.updated
+        self.unchanged += chunk.unchanged
+        for row_number, key, reason in chunk.rejected:
+            self.reject(row_number, key, reason)
+
+    def summary(self) -> stock_pb2.ImportSummary:
+        ordered = sorted(self.rejected_rows, key=lambda r: r.row_number)
+        return stock_pb2.ImportSummary(
+            received=self.received,
+            created=self.created,
+            updated=self.updated,
+            unchanged=self.unchanged,
+            rejected=self.rejected,
+            rejected_rows=ordered,
+            rejected_rows_truncated=self.rejected > len(ordered),
+        )
+
+
+@dataclass(frozen=True)
+class ImportKind(Generic[R]):
+    """How one import reads, checks and applies its rows."""
+
+    method: str
+    row_of: Callable[[Message], Message]  # the payload of a stream message (hashed for idempotency)
+    key_of: Callable[[Message], str]  # the row's key as reported in rejections
+    dedupe_key: Callable[[R], object]  # rows with the same key must not share a chunk
+    validate: Callable[[Message], R | str]  # the checked row, or why it is rejected
+    apply: Callable[[UnitOfWork, Sequence[tuple[int, R]], datetime, str], ChunkResult]  # ..., reference id
+
+
+def run_import(
+    database: Database,
+    kind: ImportKind[R],
+    requests: Iterator[Message],
+    *,
+    source: str,
+    caller: str,
+    chunk_rows: int,
+) -> stock_pb2.ImportSummary:
+    tally = Tally()
+    first = next(requests, None)
+    if first is None:
+        return tally.summary()
+    request_id: str = first.request_id  # type: ignore[attr-defined]
+    check_request_id(request_id)
+    digest = hashlib.sha256()
+    stored = _stored(database, caller, request_id)
+    stream = _chain(first, requests)
+    if stored is not None:
+        for message in stream:
+            _hash(digest, kind.row_of(message))
+        if stored[0] != digest.hexdigest() or stored[1] != kind.method:
+            raise IdempotencyKeyReused(
+                "request_id was already used for a different import", metadata={"request_id": request_id}
+            )
+        return stock_pb2.ImportSummary.FromString(stored[2])
+
+    chunk: list[tuple[int, R]] = []
+    keys: set[object] = set()
+    for message in stream:
+        tally.received += 1
+        number = tally.received
+        _hash(digest, kind.row_of(message))
+        other_id: str = message.request_id  # type: ignore[attr-defined]
+        if other_id and other_id != request_id:
+            tally.reject(number, kind.key_of(message), "request_id differs from the first message's")
+            continue
+        checked = kind.validate(message)
+        if isinstance(checked, str):
+            tally.reject(number, kind.key_of(message), checked)
+            continue
+        key = kind.dedupe_key(checked)
+        if key in keys or len(chunk) >= chunk_rows:
+            tally.add(_apply_chunk(database, kind, chunk, source, request_id))
+            chunk, keys = [], set()
+        chunk.append((number, checked))
+        keys.add(key)
+    if chunk:
+        tally.add(_apply_chunk(database, kind, chunk, source, request_id))
+    summary = tally.summary()
+    _store(database, caller, request_id, kind.method, digest.hexdigest(), summary)
+    return summary
+
+
+def _chain(first: Message, rest: Iterator[Message]) -> Iterator[Message]:
+    yield first
+    yield from rest
+
+
+def _hash(digest: hashlib._Hash, row: Message) -> None:
+    data = row.SerializeToString(deterministic=True)
+    digest.update(len(data).to_bytes(4, "big"))
+    digest.update(data)
+
+
+def _apply_chunk(
+    database: Database, kind: ImportKind[R], chunk: Sequence[tuple[int, R]], source: str, reference: str
+) -> ChunkResult:
+    # A concurrent writer may create the same level or barcode between our read and our insert (or PostgreSQL may
+    # pick us as a deadlock victim): the chunk is then simply applied again on fresh state.
+    for attempt in range(3):
+        try:
+            with UnitOfWork(database, source=source) as uow:
+                result = kind.apply(uow, chunk, utcnow(), reference)
+                uow.commit()
+                return result
+        except (IntegrityError, DBAPIError):
+            if attempt == 2:
+                raise
+            log.warning("import chunk conflicted, applying it again", exc_info=True)
+    raise AssertionError("unreachable")
+
+
+def _stored(database: Database, caller: str, request_id: str) -> tuple[str, str, bytes] | None:
+    t = idempotency_table
+    with database.engine.connect() as conn:
+        row = conn.execute(
+            select(t.c.request_hash, t.c.method, t.c.response).where(t.c.caller == caller, t.c.request_id == request_id)
+        ).first()
+    return None if row is None else (row.request_hash, row.method, row.response)
+
+
+def _store(
+    database: Database, caller: str, request_id: str, method: str, digest: str, summary: stock_pb2.ImportSummary
+) -> None:
+    try:
+        with database.engine.begin() as conn:
+            conn.execute(
+                insert(idempotency_table).values(
+                    caller=caller,
+                    request_id=request_id,
+                    method=method,
+                    request_hash=digest,
+                    response=summary.SerializeToString(deterministic=True),
+                    created_at=utcnow(),
+                )
+            )
+    except IntegrityError:
+        log.info("import key stored concurrently by another stream", extra={"request_id": request_id})
+
+
+# --- stock levels -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LevelRow:
+    store_id: str
+    sku: str
+    on_hand: int
+
+
+def stock_level_import(stores: Mapping[str, Store], policy: StockPolicy) -> ImportKind[LevelRow]:
+    def validate(message: Message) -> LevelRow | str:
+        row: stock_pb2.StockLevelRow = message.row  # type: ignore[attr-defined]
+        if row.store_id not in stores:
+            return f"unknown store {row.store_id[:64]!r}" if row.store_id else "store_id is empty"
+        if not row.sku:
+            return "sku is empty"
+        if len(row.sku) > MAX_SKU_LENGTH or any(c.isspace() or not c.isprintable() for c in row.sku):
+            return f"sku must be 1 to {MAX_SKU_LENGTH} printable characters without spaces"
+        if not 0 <= row.on_hand <= MAX_STOCK_QUANTITY:
+            return f"on_hand must be between 0 and {MAX_STOCK_QUANTITY}"
+        return LevelRow(row.store_id, row.sku, row.on_hand)
+
+    def apply(uow: UnitOfWork, rows: Sequence[tuple[int, LevelRow]], now: datetime, reference: str) -> ChunkResult:
+        result = ChunkResult()
+        session = uow.session
+        known = storage.known_skus(session, {r.sku for _, r in rows})
+        valid = []
+        for number, r in rows:
+            if r.sku in known:
+                valid.append((number, r))
+            else:
+                result.rejected.append((number, f"{r.store_id}/{r.sku}", f"unknown SKU {r.sku}"))
+        existing = storage.lock_level_keys(session, {(r.store_id, r.sku) for _, r in valid})
+        created: list[Level] = []
+        changed: list[Level] = []
+        changes: list[LevelChange] = []
+        for _, r in valid:
+            before = existing.get((r.store_id, r.sku))
+            if before is None:
+                before = Level(r.store_id, r.sku, 0, 0, now)
+                after = Level(r.store_id, r.sku, r.on_hand, 0, now)
+                created.append(after)
+                result.created += 1
+            elif before.on_hand == r.on_hand:
+                result.unchanged += 1
+                continue
+            else:
+                after = before.moved(r.on_hand - before.on_hand, 0, now)
+                changed.append(after)
+                result.updated += 1
+            changes.append(LevelChange(before, after, ChangeReason.IMPORT, reference))
+        storage.insert_levels(session, created)
+        storage.write_levels(session, changed)
+        publish_changes(uow, changes, known, policy, reference)
+        return result
+
+    return ImportKind(
+        method="/pos.stock.v1.StockService/ImportStockLevels",
+        row_of=lambda m: m.row,  # type: ignore[attr-defined]
+        key_of=lambda m: f"{m.row.store_id}/{m.row.sku}",  # type: ignore[attr-defined]
+        dedupe_key=lambda r: (r.store_id, r.sku),
+        validate=validate,
+        apply=apply,
+    )
+
+
+# --- items --------------------------------------------------------------------------------------------------
+
+
+def item_import() -> ImportKind[Item]:
+    currencies = set(MINOR_UNITS)
+
+    def validate(message: Message) -> Item | str:
+        item: stock_pb2.Item = message.item  # type: ignore[attr-defined]
+        prices = [(p.currency_code, p.amount_minor) for p in item.prices]
+        reorder_point = item.reorder_point if item.HasField("reorder_point") else None
+        violations = item_violations(
+            item.sku, item.name, item.tax_class, list(item.barcodes), prices, reorder_point, currencies
+        )
+        if violations:
+            return "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return Item(
+            sku=item.sku,
+            name=item.name,
+            tax_class=item.tax_class,
+            barcodes=tuple(item.barcodes),
+            prices=dict(prices),
+            reorder_point=reorder_point,
+        )
+
+    def apply(uow: UnitOfWork, rows: Sequence[tuple[int, Item]], now: datetime, reference: str) -> ChunkResult:
+        result = ChunkResult()
+        session = uow.session
+        existing = storage.find_items(session, {i.sku for _, i in rows})
+        owners = storage.barcode_owners(session, {b for _, i in rows for b in i.barcodes})
+        created: list[Item] = []
+        updated: list[Item] = []
+        for number, item in rows:
+            taken = [(b, owners[b]) for b in item.barcodes if owners.get(b, item.sku) != item.sku]
+            if taken:
+                b, other = taken[0]
+                result.rejected.append((number, item.sku, f"barcode {b} already used by SKU {other}"))
+                continue
+            before = existing.get(item.sku)
+            if before is not None and before.same_content(item):
+                result.unchanged += 1
+                continue
+            if before is not None:
+                for b in before.barcodes:
+                    if owners.get(b) == item.sku:
+                        del owners[b]  # released: a later row of this chunk may take it
+            saved = Item(
+                sku=item.sku,
+                name=item.name,
+                tax_class=item.tax_class,
+                barcodes=item.barcodes,
+                prices=item.prices,
+                reorder_point=item.reorder_point,
+                revision=(before.revision if before else 0) + 1,
+                updated_at=now,
+            )
+            owners.update({b: item.sku for b in item.barcodes})
+            (updated if before is not None else created).append(saved)
+            uow.publish(events.item_updated(saved, created=before is None, correlation_id=reference), subject=item.sku)
+        result.created, result.updated = len(created), len(updated)
+        storage.save_items(session, created, updated)
+        return result
+
+    return ImportKind(
+        method="/pos.stock.v1.StockService/ImportItems",
+        row_of=lambda m: m.item,  # type: ignore[attr-defined]
+        key_of=lambda m: m.item.sku,  # type: ignore[attr-defined]
+        dedupe_key=lambda i: i.sku,
+        validate=validate,
+        apply=apply,
+    )

@@ -1,0 +1,33 @@
+"""Settings of the stock service: the common process settings plus the limits and timings of stock rules."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from storeplane_runtime.settings import ServiceSettings
+
+
+class StockSettings(ServiceSettings):
+    """Environment of the stock service (docs/conventions.md), plus its own knobs (no prefix, like the rest)."""
+
+    # A reservation lives this long after its last Reserve when the call names no TTL.
+    reservation_default_ttl_seconds: float = Field(default=15 * 60, gt=0, le=24 * 3600)
+    # Longest TTL a caller may ask for.
+    reservation_max_ttl_seconds: float = Field(default=24 * 3600, gt=0, le=7 * 24 * 3600)
+    max_reservation_lines: int = Field(default=200, ge=1, le=10_000)
+    max_availability_skus: int = Field(default=500, ge=1, le=10_000)
+    # Available quantity at or below which StockLow fires for items without their own reorder point; -1 = never.
+    default_reorder_point: int = Field(default=0, ge=-1, le=1_000_000)
+    # How often the sweeper looks for expired reservations, and how many it expires per transaction.
+    expiry_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
+    expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
+    # Rows applied per transaction by the imports (bounded memory whatever the stream length).
+    import_chunk_rows: int = Field(default=1000, ge=1, le=50_000)
+    # Changes buffered per WatchStock subscriber; a subscriber that falls this far behind is cut off.
+    watch_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _ttls_agree(self) -> StockSettings:
+        if self.reservation_default_ttl_seconds > self.reservation_max_ttl_seconds:
+            raise ValueError("RESERVATION_DEFAULT_TTL_SECONDS must not exceed RESERVATION_MAX_TTL_SECONDS")
+        return self

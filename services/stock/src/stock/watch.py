@@ -1,0 +1,112 @@
+"""Live stock: committed level changes fanned out in process to WatchStock subscribers.
+
+Fed by the database's committed-events listener (the StockLevelChanged events each commit wrote to its outbox),
+so a watcher sees exactly what was committed, in commit order, without any query per client. Each subscriber has
+a bounded queue; one that falls behind is cut off (it must re-read levels) rather than slowing the writers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Collection, Sequence
+
+from pos.stock.v1 import events_pb2, stock_pb2
+from stock.events import STOCK_LEVEL_CHANGED
+from storeplane_runtime.outbox import PendingEvent
+
+_CLOSED = object()
+
+
+class Subscription:
+    """One watcher: the changes of one store (optionally only some SKUs), read with `next_change`."""
+
+    def __init__(self, hub: StockWatch, store_id: str, skus: Collection[str], capacity: int) -> None:
+        self.hub = hub
+        self.store_id = store_id
+        self.skus = frozenset(skus)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, change: stock_pb2.StockLevelChange) -> None:
+        if self.closed or (self.skus and change.sku not in self.skus):
+            return
+        try:
+            self._queue.put_nowait(change)
+        except queue.Full:
+            self.overflowed = True
+            self.close()
+
+    def next_change(self, timeout: float) -> stock_pb2.StockLevelChange | None:
+        """The next change, or None if there was none within `timeout` or the subscription ended."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _CLOSED:
+            self.closed = True
+            return None
+        assert isinstance(item, stock_pb2.StockLevelChange)
+        return item
+
+    def close(self) -> None:
+        """Stop receiving (client went away, fell behind, or the server stops); wakes a waiting reader."""
+        if not self.closed:
+            self.closed = True
+            self.hub.unsubscribe(self)
+            # When the queue is full the reader still sees `closed` within one poll interval.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_CLOSED)
+
+
+class StockWatch:
+    """The fan-out: subscribers per store, fed with committed StockLevelChanged events."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._by_store: dict[str, set[Subscription]] = {}
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def subscribe(self, store_id: str, skus: Collection[str] = ()) -> Subscription:
+        subscription = Subscription(self, store_id, skus, self.capacity)
+        with self._lock:
+            self._by_store.setdefault(store_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            subscribers = self._by_store.get(subscription.store_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._by_store[subscription.store_id]
+
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._by_store.values())
+
+    def committed(self, written: Sequence[PendingEvent]) -> None:
+        """Database listener: called after each commit with the events it wrote (on the committing thread)."""
+        if not self._by_store:
+            return
+        for pending in written:
+            if pending.event_type != STOCK_LEVEL_CHANGED:
+                continue
+            with self._lock:
+                subscribers = list(self._by_store.get(pending.store_id, ()))
+            if not subscribers:
+                continue
+            change = events_pb2.StockLevelChanged.FromString(pending.payload).change
+            for subscription in subscribers:
+                subscription.offer(change)
+
+    def stop(self) -> None:
+        """End every stream cleanly (server shutdown)."""
+        self.stopping.set()
+        with self._lock:
+            subscribers = [s for group in self._by_store.values() for s in group]
+        for subscription in subscribers:
+            subscription.close()

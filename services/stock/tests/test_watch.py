@@ -1,0 +1,60 @@
+"""WatchStock: a live stream of a store's level changes, fed from commits, ending cleanly."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import grpc
+from stock_kit import BERLIN, ZURICH, RunningStock, item, load, reserve_request
+
+from pos.stock.v1 import stock_pb2
+
+
+def _reader(call) -> queue.Queue:  # type: ignore[no-untyped-def]
+    got: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            for message in call:
+                got.put(message.change)
+        except grpc.RpcError as exc:
+            got.put(exc)
+        got.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return got
+
+
+def test_watch_sees_a_change_made_by_another_client(stock: RunningStock) -> None:
+    load(stock.stub, [item("SHOE"), item("SOCK")], {(BERLIN, "SHOE"): 5, (BERLIN, "SOCK"): 5, (ZURICH, "SHOE"): 5})
+    call = stock.stub.WatchStock(stock_pb2.WatchStockRequest(store_id=BERLIN, skus=["SHOE"]))
+    call.initial_metadata()  # the subscription is live once headers arrive
+    got = _reader(call)
+    with grpc.insecure_channel(stock.channel._channel.target().decode()) as other:  # type: ignore[attr-defined]
+        from pos.stock.v1 import stock_pb2_grpc
+
+        other_stub = stock_pb2_grpc.StockServiceStub(other)
+        other_stub.Reserve(reserve_request("zurich-basket", {"SHOE": 1}, store=ZURICH))  # other store: not seen
+        other_stub.Reserve(reserve_request("sock-basket", {"SOCK": 1}))  # other SKU: not seen
+        other_stub.Reserve(reserve_request("watched", {"SHOE": 2}))
+    change = got.get(timeout=5)
+    assert (change.sku, change.store_id, change.reserved, change.available) == ("SHOE", BERLIN, 2, 3)
+    assert change.reason == stock_pb2.STOCK_CHANGE_REASON_RESERVATION and change.reference_id == "watched"
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while stock.servicer.watch.subscriber_count() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stock.servicer.watch.subscriber_count() == 0
+
+
+def test_watch_ends_cleanly_when_the_server_stops(stock: RunningStock) -> None:
+    call = stock.stub.WatchStock(stock_pb2.WatchStockRequest(store_id=BERLIN))
+    call.initial_metadata()
+    got = _reader(call)
+    started = time.monotonic()
+    stock.app.host.stop(5)
+    assert got.get(timeout=5) is None  # the stream ended with OK, not cut off after the grace period
+    assert time.monotonic() - started < 3
+    assert call.code() == grpc.StatusCode.OK
