@@ -17,7 +17,7 @@ def free_port() -> int:
         return port
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 30.0) -> None:
+def wait_serving(address: str, service: str = "", timeout: float = 120.0) -> None:
     """Poll grpc.health.v1 until `service` at `address` is SERVING; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
     last = ""
