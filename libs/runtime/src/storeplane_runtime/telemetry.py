@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,12 @@ def configure_tracing(service_name: str) -> None:
         if _configured:
             return
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-        provider = TracerProvider(resource=resource)
         exporters = {e.strip() for e in os.environ.get("OTEL_TRACES_EXPORTER", "").lower().split(",") if e.strip()}
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        exporting = "otlp" in exporters or "console" in exporters or bool(endpoint and not exporters)
+        # With nowhere to send spans, do not record them: trace ids are still made and propagated (logs, events),
+        # at a fraction of the cost per call.
+        provider = TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
         if "otlp" in exporters or (endpoint and not exporters):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
