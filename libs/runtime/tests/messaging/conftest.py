@@ -8,15 +8,17 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from messaging_kit import Broker, ServiceDb, effects_metadata, rabbitmqctl  # noqa: E402
+from messaging_kit import Broker, Pipeline, ServiceDb, effects_metadata, rabbitmqctl  # noqa: E402
 
 from storeplane_runtime.db import Database  # noqa: E402
+from storeplane_runtime.messaging import MessagingSettings  # noqa: E402
 from storeplane_runtime.outbox import messaging_metadata  # noqa: E402
 
 
@@ -66,3 +68,73 @@ def make_db() -> Iterator[Callable[[str], ServiceDb]]:
     yield make
     for db in made:
         db.dispose()
+
+
+@pytest.fixture
+def fresh_rabbitmq(rabbitmq: str) -> Iterator[str]:
+    """An AMQP URL to a vhost of this test alone (on top of `rabbitmq`, which applies the CI rule)."""
+    from messaging_kit import create_vhost, drop_vhost
+
+    url = create_vhost()
+    try:
+        yield url
+    finally:
+        drop_vhost(url)
+
+
+@pytest.fixture
+def make_pipeline(
+    request: pytest.FixtureRequest, make_db: Callable[[str], ServiceDb], tmp_path: Path
+) -> Iterator[Callable[..., Pipeline]]:
+    """Builds started producer -> relay -> bus -> consumer pipelines ("rabbitmq": two fresh PostgreSQL databases
+    and queues of a service name of their own in the run's vhost; "inprocess": two SQLite files and a bus of their
+    own). After the test it stops them first, then deletes what it created."""
+    from messaging_kit import FAST, Pipeline, delete_queues, recorder, unique_name
+    from sqlalchemy import text
+
+    from storeplane_runtime.messaging import InProcessBus
+    from storeplane_runtime.messaging.topology import QueueNames
+
+    made: list[Pipeline] = []
+    databases: list[str] = []
+    admin: Any = None
+
+    def postgres_db() -> ServiceDb:
+        name = f"sp_test_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        databases.append(name)
+        return make_db(admin.url.set(database=name).render_as_string(hide_password=False))
+
+    def make(kind: str, settings: MessagingSettings = FAST) -> Pipeline:
+        nonlocal admin
+        rec = recorder(unique_name())
+        service = f"checkout-{unique_name()}"
+        if kind == "rabbitmq":
+            url = request.getfixturevalue("rabbitmq")  # session-scoped (the CI rule when the broker is missing)
+            admin = request.getfixturevalue("postgres_admin")  # likewise for PostgreSQL
+            pipeline = Pipeline(kind, postgres_db(), postgres_db(), rec, service, settings, url=url)
+        elif kind == "inprocess":
+            n = len(made)
+            producer = make_db(f"sqlite:///{tmp_path}/producer{n}.db")
+            consumer_db = make_db(f"sqlite:///{tmp_path}/consumer{n}.db")
+            pipeline = Pipeline(kind, producer, consumer_db, rec, service, settings, bus=InProcessBus())
+        else:
+            raise ValueError(kind)
+        made.append(pipeline)
+        pipeline.start()
+        return pipeline
+
+    yield make
+    for pipeline in reversed(made):
+        pipeline.stop()
+    for pipeline in made:
+        pipeline.producer.database.dispose()
+        pipeline.consumer_db.database.dispose()
+    for pipeline in made:
+        if pipeline.kind == "rabbitmq":
+            delete_queues(pipeline.url, QueueNames(pipeline.name, pipeline.settings.events_retry_delays).all())
+    if databases:
+        with admin.connect() as conn:
+            for name in databases:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

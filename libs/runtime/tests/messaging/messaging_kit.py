@@ -98,6 +98,7 @@ class Recorder:
     poison: set[str] = field(default_factory=set)
     traceparents: list[str] = field(default_factory=list)
     sleep: float = 0.0
+    flaky: dict[str, int] = field(default_factory=dict)  # sale id -> how many more attempts fail before it works
 
 
 def recorder(name: str) -> Recorder:
@@ -114,6 +115,9 @@ def recorder(name: str) -> Recorder:
             time.sleep(rec.sleep)
         if event.sale_id in rec.poison:
             raise ValueError(f"cannot apply sale {event.sale_id}")
+        if rec.flaky.get(event.sale_id, 0) > 0:
+            rec.flaky[event.sale_id] -= 1
+            raise RuntimeError(f"sale {event.sale_id} not applicable yet")
         uow.session.execute(effects.insert().values(event_id=event.meta.event_id, sale_id=event.sale_id))
 
     return rec
@@ -130,3 +134,144 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def unique_name() -> str:
     return f"svc{uuid.uuid4().hex[:8]}"
+
+
+# Added for the crash-loop, metrics, CLI and shared-contract suites -----------------------------------------
+
+RABBITMQ_BASE = "amqp://guest:guest@127.0.0.1:5672"
+
+
+def create_vhost() -> str:
+    """A new, empty RabbitMQ vhost for guest; returns its AMQP URL (drop it with `drop_vhost`)."""
+    vhost = f"sp_test_{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    return f"{RABBITMQ_BASE}/{vhost}"
+
+
+def drop_vhost(url: str) -> None:
+    rabbitmqctl("delete_vhost", url.rsplit("/", 1)[-1], check=False)
+
+
+def metric(name: str, **labels: str) -> float:
+    """A sample of the process's Prometheus registry (0.0 when the labelled child does not exist yet)."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
+
+
+def unsent_rows(db: ServiceDb) -> int:
+    from storeplane_runtime.outbox import outbox_table
+
+    with db.database.engine.connect() as conn:
+        query = select(func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
+        return int(conn.execute(query).scalar_one())
+
+
+def mark_unsent(db: ServiceDb, event_ids: list[str] | None = None) -> int:
+    """Make the relay publish rows again (as after a relay crash between publishing and marking sent)."""
+    from sqlalchemy import update
+
+    from storeplane_runtime.outbox import outbox_table
+
+    statement = update(outbox_table).values(sent_at=None)
+    if event_ids is not None:
+        statement = statement.where(outbox_table.c.event_id.in_(event_ids))
+    with db.database.engine.begin() as conn:
+        return int(conn.execute(statement).rowcount)
+
+
+@dataclass(frozen=True)
+class Parked:
+    event_id: str
+    reason: str
+    attempts: int
+
+
+@dataclass
+class Pipeline:
+    """producer outbox -> relay -> bus -> consumer (inbox + effects), on RabbitMQ or on the in-process bus,
+    seen through one interface so that the same test runs on both."""
+
+    kind: str  # "rabbitmq" | "inprocess"
+    producer: ServiceDb
+    consumer_db: ServiceDb
+    rec: Recorder
+    service: str  # the relay's service label (metrics)
+    settings: MessagingSettings
+    url: str = ""  # AMQP URL (rabbitmq)
+    bus: object = None  # InProcessBus (inprocess)
+    consumer: object = None
+    relay: object = None
+
+    @property
+    def name(self) -> str:
+        return self.rec.consumers.name
+
+    def start(self) -> None:
+        from storeplane_runtime.messaging import (
+            AmqpConsumer,
+            AmqpPublisher,
+            InboxApplier,
+            InProcessConsumer,
+            InProcessPublisher,
+            OutboxRelay,
+        )
+
+        applier = InboxApplier(self.consumer_db.database, self.rec.consumers)
+        publisher: object
+        if self.kind == "rabbitmq":
+            self.consumer = AmqpConsumer(self.url, applier, settings=self.settings)
+            publisher = AmqpPublisher(self.url, app_id=self.service)
+        else:
+            self.consumer = InProcessConsumer(applier, bus=self.bus, settings=self.settings)  # type: ignore[arg-type]
+            publisher = InProcessPublisher(self.bus)  # type: ignore[arg-type]
+        self.consumer.start()  # type: ignore[attr-defined]
+        if self.kind == "rabbitmq":
+            assert self.consumer.ready.wait(15), "consumer did not connect"  # type: ignore[attr-defined]
+        self.relay = OutboxRelay(
+            self.producer.database,
+            publisher,  # type: ignore[arg-type]
+            service=self.service,
+            settings=self.settings,
+        )
+        self.relay.start()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()  # type: ignore[attr-defined]
+        if self.consumer is not None:
+            self.consumer.stop()  # type: ignore[attr-defined]
+
+    def parked(self) -> list[Parked]:
+        if self.kind == "rabbitmq":
+            from storeplane_cli import events as events_cli
+
+            return [Parked(p.event_id, p.reason, p.attempts) for p in events_cli.list_parked(self.url, self.name)]
+        return [
+            Parked(p.envelope.event_id, p.reason, p.envelope.attempt)
+            for p in list(self.consumer.queue.parked)  # type: ignore[attr-defined]
+        ]
+
+    def replay(self) -> int:
+        if self.kind == "rabbitmq":
+            from storeplane_cli import events as events_cli
+
+            return events_cli.replay_parked(self.url, self.name)
+        return int(self.consumer.queue.replay_parked())  # type: ignore[attr-defined]
+
+    def publish(self, *sale_ids: str) -> list[str]:
+        """Commit one SaleCompleted per id, in one transaction; returns the event ids."""
+        with UnitOfWork(self.producer.database, source="checkout") as uow:
+            ids = [uow.publish(sale(s)) for s in sale_ids]
+            uow.commit()
+        return ids
+
+    def duplicates(self) -> float:
+        return metric(
+            "storeplane_events_consumed_total",
+            consumer=self.name,
+            event_type=checkout_events.SaleCompleted.DESCRIPTOR.full_name,
+            outcome="duplicate",
+        )
