@@ -70,16 +70,18 @@ def queue_depths(url: str, services: Sequence[str] = ()) -> list[QueueDepth]:
     return rows
 
 
-def _attempts(envelope: Envelope, properties: pika.BasicProperties) -> int:
-    delivery_count = (properties.headers or {}).get("x-delivery-count")
-    if isinstance(delivery_count, int) and envelope.reason.startswith("broker:"):
-        return delivery_count + 1
+def _attempts(envelope: Envelope, delivery_limit: int) -> int:
+    # The broker parks a message after delivery-limit + 1 deliveries; the parked copy's own delivery count
+    # restarts (and rises each time it is looked at), so it says nothing about the attempts that were made.
+    if envelope.reason.startswith("broker:"):
+        return delivery_limit + 1
     return envelope.attempt
 
 
 def list_parked(url: str, service: str, limit: int = 100) -> list[ParkedMessage]:
     """Look at (without removing) up to `limit` parked messages of a service."""
     found: list[ParkedMessage] = []
+    limit_seen = MessagingSettings().events_delivery_limit
     connection = _connect(url)
     try:
         channel = connection.channel()
@@ -89,7 +91,7 @@ def list_parked(url: str, service: str, limit: int = 100) -> list[ParkedMessage]
                 break
             envelope = from_amqp(properties, body)
             found.append(
-                ParkedMessage(envelope.event_type, envelope.event_id, envelope.reason, _attempts(envelope, properties))
+                ParkedMessage(envelope.event_type, envelope.event_id, envelope.reason, _attempts(envelope, limit_seen))
             )
         # Closing the channel returns every unacknowledged message to the parking queue.
     finally:
@@ -168,7 +170,8 @@ def _url(args: argparse.Namespace) -> str:
     return str(args.amqp_url)
 
 
-def cmd_depths(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_depths(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     rows = queue_depths(_url(args), args.services)
     print(f"{'queue':<40} {'messages':>9} {'consumers':>9}", file=out)
     for row in rows:
@@ -176,8 +179,13 @@ def cmd_depths(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def cmd_parked(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    rows = list_parked(_url(args), args.service, args.limit)
+def cmd_parked(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        rows = list_parked(_url(args), args.service, args.limit)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        print(f"storeplane events: {args.service}: {exc.reply_text}", file=sys.stderr)
+        return 1
     print(f"{'type':<36} {'event id':<36} {'attempts':>8}  reason", file=out)
     for row in rows:
         print(f"{row.event_type:<36} {row.event_id:<36} {row.attempts:>8}  {row.reason}", file=out)
@@ -185,17 +193,31 @@ def cmd_parked(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    moved = replay_parked(_url(args), args.service, event_ids=args.event_ids)
+def cmd_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        moved = replay_parked(_url(args), args.service, event_ids=args.event_ids)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        print(f"storeplane events: {args.service}: {exc.reply_text}", file=sys.stderr)
+        return 1
     print(f"{moved} message(s) replayed to {args.service}.events", file=out)
     return 0
 
 
-def cmd_purge(args: argparse.Namespace, out: TextIO = sys.stdout, ask: Callable[[str], str] = input) -> int:
+def cmd_purge(args: argparse.Namespace, out: TextIO | None = None, ask: Callable[[str], str] = input) -> int:
+    out = out or sys.stdout
     if not args.yes:
-        answer = ask(f"Purge every message of {args.queue}? Type the queue name to confirm: ")
+        try:
+            answer = ask(f"Purge every message of {args.queue}? Type the queue name to confirm: ")
+        except EOFError:  # no terminal to ask (a script, CI): never purge without a yes
+            answer = ""
         if answer.strip() != args.queue:
             print("not purged", file=out)
             return 1
-    print(f"{purge(_url(args), args.queue)} message(s) purged from {args.queue}", file=out)
+    try:
+        purged = purge(_url(args), args.queue)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        print(f"storeplane events: {args.queue}: {exc.reply_text}", file=sys.stderr)
+        return 1
+    print(f"{purged} message(s) purged from {args.queue}", file=out)
     return 0

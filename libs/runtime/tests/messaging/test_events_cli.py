@@ -130,7 +130,9 @@ def test_purge_refuses_without_the_typed_queue_name_and_purges_with_it_or_yes(vh
     assert _depth(vhost, names.parked) == 5
 
     no_answer = _cli(argv, stdin="")  # no terminal, nobody to answer (as in CI)
-    assert no_answer.returncode != 0
+    assert no_answer.returncode == 1
+    assert "not purged" in no_answer.stdout
+    assert "Traceback" not in no_answer.stderr
     assert _depth(vhost, names.parked) == 5
 
     typed = _cli(argv, stdin=f"{names.parked}\n")
@@ -179,3 +181,34 @@ def test_commands_without_a_broker_url_say_so() -> None:
     done = _cli(["events", "depths"])
     assert done.returncode == 2
     assert "no broker: set AMQP_URL or pass --amqp-url" in done.stderr
+
+
+def test_purge_or_parked_of_a_missing_queue_says_so_in_one_line(vhost: str) -> None:
+    missing = unique_name()
+    for argv in (["purge", f"{missing}.events", "--yes"], ["parked", missing]):
+        done = _cli(["events", "--amqp-url", vhost, *argv])
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert "NOT_FOUND" in done.stderr
+
+
+def test_parked_by_the_broker_reports_delivery_limit_plus_one_attempts_every_time(vhost: str) -> None:
+    from storeplane_cli import events as events_cli
+
+    limit = MessagingSettings().events_delivery_limit
+    names = QueueNames(unique_name(), tuple(MessagingSettings().events_retry_delays))
+    connection = pika.BlockingConnection(pika.URLParameters(vhost))
+    channel = connection.channel()
+    declare_consumer_queues(channel, names, delivery_limit=limit, event_types=[SALE])
+    channel.basic_publish("", names.main, b"", to_amqp(Envelope("e1", SALE, "checkout", b"", datetime.now(UTC))))
+    for _ in range(limit + 1):  # every delivery handed back, as by a consumer that crashed on it
+        method = None
+        while method is None:
+            method, _props, _body = channel.basic_get(names.main)
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    connection.close()
+    wait_until(lambda: _depth(vhost, names.parked) == 1, 10, "the broker to park the message")
+    listings = [events_cli.list_parked(vhost, names.service) for _ in range(3)]
+    assert [p.reason for p in listings[0]] == ["broker: delivery_limit"]
+    assert [[p.attempts for p in listing] for listing in listings] == [[limit + 1]] * 3
