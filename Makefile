@@ -8,18 +8,18 @@ RUN := $(UV) run --frozen --all-packages
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
 
-.PHONY: run up test lint proto bench ci seed demo health clean fmt
+.PHONY: run up test lint proto bench ci seed demo health clean fmt bytecode
 
-run: .venv/.synced libs/contracts/.generated  ## the embedded stack: all five processes in one, SQLite, in-process bus
+run: bytecode  ## the embedded stack: all five processes in one, SQLite, in-process bus
 	$(RUN) storeplane run
 
 # Distributed: the local PostgreSQL and RabbitMQ unless the environment names others.
 up: export POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 up: export AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/%2F
-up: .venv/.synced libs/contracts/.generated  ## each service its own process, PostgreSQL and RabbitMQ
+up: bytecode  ## each service its own process, PostgreSQL and RabbitMQ
 	$(RUN) storeplane up
 
-test: .venv/.synced libs/contracts/.generated  ## every test (PostgreSQL and RabbitMQ must answer on 127.0.0.1)
+test: bytecode  ## every test (PostgreSQL and RabbitMQ must answer on 127.0.0.1)
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
 lint: .venv/.synced libs/contracts/.generated  ## ruff, mypy, buf lint
@@ -35,7 +35,7 @@ fmt: .venv/.synced
 proto: .venv/.synced  ## regenerate libs/contracts from protos/
 	$(RUN) python scripts/gen_protos.py
 
-bench: .venv/.synced libs/contracts/.generated  ## benchmarks: figures and ratios against a floor measured in the same run
+bench: bytecode  ## benchmarks: figures and ratios against a floor measured in the same run
 	$(RUN) python -m benchmarks $(BENCH_ARGS)
 
 ci: lint test
@@ -46,8 +46,13 @@ seed demo health: .venv/.synced libs/contracts/.generated
 libs/contracts/.generated: $(PROTOS) scripts/gen_protos.py .venv/.synced
 	$(RUN) python scripts/gen_protos.py
 
+# Bytecode for our own sources: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile every
+# module at every start (seconds per process). Cheap when nothing changed.
+bytecode: .venv/.synced libs/contracts/.generated
+	@$(RUN) python -m compileall -q libs/runtime/src libs/contracts/src services/*/src cli/src benchmarks > /dev/null
+
 .venv/.synced: uv.lock $(PYPROJECTS) | $(UV)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
 	@touch $@
 
 $(CURDIR)/.tools/bin/uv:

@@ -21,11 +21,22 @@ PROCESSES = ("gateway", "checkout", "stock", "customer", "loyalty")
 BASE_PORT = 57050
 
 
+# Poll with short reconnect backoff: a channel that met a closed port otherwise waits 1 s, 1.6 s, 2.6 s…
+# before trying again, and the measurement would be of gRPC's backoff, not of our start.
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 10),
+    ("grpc.min_reconnect_backoff_ms", 10),
+    ("grpc.max_reconnect_backoff_ms", 50),
+]
+
+
 def _all_serving(addresses: list[str], channels: dict[str, grpc.Channel]) -> bool:
     for address in addresses:
-        channel = channels.setdefault(address, grpc.insecure_channel(address))
+        channel = channels.setdefault(address, grpc.insecure_channel(address, options=FAST_RECONNECT))
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.2)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=0.2, wait_for_ready=True
+            )
         except grpc.RpcError:
             return False
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
@@ -40,7 +51,7 @@ def _wait_serving(addresses: list[str], timeout: float = 60.0) -> float:
         while time.perf_counter() - started < timeout:
             if _all_serving(addresses, channels):
                 return time.perf_counter() - started
-            time.sleep(0.01)
+            time.sleep(0.005)
     finally:
         for channel in channels.values():
             channel.close()

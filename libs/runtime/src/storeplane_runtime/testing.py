@@ -21,7 +21,9 @@ def wait_serving(address: str, service: str = "", timeout: float = 120.0) -> Non
     """Poll grpc.health.v1 until `service` at `address` is SERVING; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
     last = ""
-    with grpc.insecure_channel(address) as channel:
+    # Short reconnect backoff: otherwise a channel that met a closed port waits seconds before retrying.
+    options = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 200)]
+    with grpc.insecure_channel(address, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
