@@ -149,8 +149,11 @@ class AmqpConsumer:
             return  # the connection these tags belong to is gone; the broker redelivers them
         for delivery, outcome in zip(deliveries, outcomes, strict=True):
             if outcome.failed:
-                self._send_failure(delivery.envelope, outcome)
-            self._channel.basic_ack(delivery.tag)
+                self._send_failure(delivery.envelope, outcome)  # confirmed before the ack below
+        # One ack for the whole batch. The handler thread takes deliveries in the order they arrived and
+        # batches are settled in turn, so every tag up to the last of this batch is either in it or was
+        # settled with an earlier batch: `multiple` acknowledges exactly this batch.
+        self._channel.basic_ack(deliveries[-1].tag, multiple=True)
 
     def _send_failure(self, envelope: Envelope, outcome: Outcome) -> None:
         retry = None if outcome.final else self.queues.retry_for(envelope.attempt)

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -35,6 +35,13 @@ from storeplane_runtime.outbox import inbox_table
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("storeplane.messaging")
+
+_PG_INBOX_INSERT = text(
+    f"INSERT INTO {inbox_table.name} (consumer, event_id, event_type, processed_at) "
+    "SELECT :consumer, e.event_id, e.event_type, :now "
+    "FROM unnest(CAST(:ids AS varchar[]), CAST(:types AS varchar[])) AS e(event_id, event_type) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
 
 E = TypeVar("E", bound=Message)
 U = TypeVar("U", bound=UnitOfWork)
@@ -124,11 +131,20 @@ class InboxApplier:
             outcomes = self._apply_with_savepoints(envelopes, {failure.index: failure.outcome})
         done = datetime.now(UTC)
         name = self.consumers.name
+        # Metric children are looked up once per (type, outcome) of the batch, not once per event.
+        counts: dict[tuple[str, str], int] = {}
+        lags: dict[str, list[float]] = {}
         for envelope, outcome in zip(envelopes, outcomes, strict=True):
-            telemetry.EVENTS_CONSUMED.labels(name, envelope.event_type, outcome.status).inc()
+            key = (envelope.event_type, outcome.status)
+            counts[key] = counts.get(key, 0) + 1
             if outcome.status == APPLIED:
-                lag = (done - envelope.occurred_at).total_seconds()
-                telemetry.EVENT_LAG.labels(name, envelope.event_type).observe(max(0.0, lag))
+                lags.setdefault(envelope.event_type, []).append((done - envelope.occurred_at).total_seconds())
+        for (event_type, status), count in counts.items():
+            telemetry.EVENTS_CONSUMED.labels(name, event_type, status).inc(count)
+        for event_type, seconds in lags.items():
+            histogram = telemetry.EVENT_LAG.labels(name, event_type)
+            for lag in seconds:
+                histogram.observe(max(0.0, lag))
         return outcomes
 
     def _apply_with_savepoints(self, envelopes: Sequence[Envelope], known: dict[int, Outcome]) -> list[Outcome]:
@@ -195,6 +211,16 @@ class InboxApplier:
         if not envelopes:
             return set()
         now = datetime.now(UTC)
+        if conn.dialect.name == "postgresql":
+            # One constant statement with array parameters: no per-batch SQL compilation, and the server keeps
+            # it prepared. An id delivered twice in one batch is inserted once (the rest are duplicates).
+            ids = list(dict.fromkeys(e.event_id for e in envelopes))
+            types = {e.event_id: e.event_type for e in envelopes}
+            result = conn.execute(
+                _PG_INBOX_INSERT,
+                {"consumer": self.consumers.name, "ids": ids, "types": [types[i] for i in ids], "now": now},
+            )
+            return set(result.scalars())
         rows = {
             e.event_id: {
                 "consumer": self.consumers.name,
