@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from storeplane_runtime.errors import details_of
-from storeplane_runtime.testing import free_port, wait_serving
+from storeplane_runtime.testing import free_port, free_port_block, wait_serving
 
 SERVICES = {
     "checkout": "pos.checkout.v1.CheckoutService",
@@ -86,9 +86,7 @@ def test_gateway_forwards_each_call_to_its_service(distributed: dict[str, str]) 
 
 
 def test_embedded_stack_starts_all_five_and_stops_on_sigterm(tmp_path: Path) -> None:
-    base_port = free_port()
-    while any(_port_taken(base_port + i) for i in range(5)):
-        base_port = free_port()
+    base_port = free_port_block(5)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -120,10 +118,3 @@ def test_embedded_stack_starts_all_five_and_stops_on_sigterm(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _port_taken(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0

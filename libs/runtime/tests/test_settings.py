@@ -61,3 +61,25 @@ def test_process_with_a_port_that_is_not_a_number_stops_with_one_line(process: s
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"{process}: bad setting: GRPC_PORT='not-a-port'")
+
+
+def test_process_whose_port_is_taken_stops_with_a_clear_message_not_a_traceback(tmp_path: object) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "GRPC_PORT": str(port),
+            "GRPC_HOST": "127.0.0.1",
+            "METRICS_PORT": "0",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/c.db",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "customer"], env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"customer: cannot listen on 127.0.0.1:{port}" in result.stderr.strip().splitlines()[-1]

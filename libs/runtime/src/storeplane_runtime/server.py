@@ -90,9 +90,12 @@ class ServiceHost:
             (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        try:
+            self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+        except RuntimeError:  # grpc's way of saying the address is taken or not ours
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"{s.service_name}: cannot listen on {s.grpc_host}:{s.grpc_port}")
+            raise OSError(f"{s.service_name}: cannot listen on {s.grpc_host}:{s.grpc_port} (address in use?)")
         server.start()
         self._server = server
         for name in ("", *self.service_names):
