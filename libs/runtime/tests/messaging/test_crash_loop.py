@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pika
 import pytest
@@ -26,6 +27,8 @@ from messaging_kit import (
 from pos.checkout.v1 import events_pb2 as checkout_events
 from storeplane_cli import events as events_cli
 from storeplane_runtime.messaging import AmqpConsumer, AmqpPublisher, InboxApplier, OutboxRelay
+from storeplane_runtime.messaging.consumers import Outcome
+from storeplane_runtime.messaging.envelope import Envelope
 from storeplane_runtime.messaging.topology import QueueNames, declare_consumer_queues
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
@@ -185,42 +188,105 @@ def test_a_message_that_kills_its_consumer_is_parked_after_the_delivery_limit_an
     assert stock.effects() == (len(good) + 1, len(good) + 1)
 
 
-def test_a_crash_loop_at_the_default_prefetch_loses_nothing(
+def test_a_crash_loop_at_the_default_prefetch_parks_only_the_crashing_message(
     crash_setup: tuple[str, ServiceDb, ServiceDb, str, str], tmp_path: Path
 ) -> None:
-    """With many messages in flight (the default prefetch 200, batches of up to 100) the crash loop ends after
-    limit + 1 deliveries too, and every other message is applied or parked, never dropped; replaying the parked
-    ones applies them."""
+    """With many messages in flight (the default prefetch 200, batches of up to 100) the first crash raises the
+    delivery count of every message the process held, yet only the crashing one reaches the delivery limit: each
+    connection starts with one message in flight and applies redelivered (suspect) messages one by one, so the
+    later crashes expose nothing else. Every good event is applied exactly once, none is parked."""
     url, checkout, stock, stock_url, name = crash_setup
     good = [f"G{n}" for n in range(150)]
     ids = _publish_through_the_outbox(url, checkout, [*good[:75], "CRASH", *good[75:]])
-    processes = CrashingConsumers(stock_url, url, name, "CRASH", tmp_path, prefetch=0)
-
-    def settled() -> bool:
-        parked = {p.event_id for p in events_cli.list_parked(url, name, limit=1000)}
-        return ids["CRASH"] in parked and stock.effects()[1] + len(parked - {ids["CRASH"]}) == len(good)
-
+    processes = CrashingConsumers(stock_url, url, name, "CRASH", tmp_path, prefetch=0)  # FAST: prefetch 200
     try:
-        processes.run_until(settled, 90, "every message applied or parked")
+        processes.run_until(
+            lambda: stock.effects()[1] == len(good) and len(events_cli.list_parked(url, name, limit=1000)) >= 1,
+            90,
+            "the good events applied and the crashing one parked",
+        )
+        # The surviving process settles what it holds; nothing else may be parked meanwhile or after.
+        wait_until(lambda: _depth(url, name) == 0, 10, "the queue drained")
+        time.sleep(2)
+        processes.keep_one_running()  # it did not crash on anything else
     finally:
         processes.stop()
     limit = FAST.events_delivery_limit
     assert processes.deliveries() == [ids["CRASH"]] * (limit + 1)
-    parked_ids = [p.event_id for p in events_cli.list_parked(url, name, limit=1000)]
-    applied = stock.effects()
-    assert applied[0] == applied[1]  # exactly once in effect
-    others_parked = set(parked_ids) - {ids["CRASH"]}
-    print(f"good messages parked with the crashing one: {len(others_parked)} of {len(good)}")
+    assert processes.started == limit + 2
+    parked = events_cli.list_parked(url, name, limit=1000)
+    assert [(p.event_id, p.reason) for p in parked] == [(ids["CRASH"], "broker: delivery_limit")]
+    assert stock.effects() == (len(good), len(good))  # each good event applied exactly once
+    assert _depth(url, name) == 0
 
-    # Replay everything but the crashing message to a healthy consumer: every good sale is then applied once.
-    rec = recorder(name)
-    consumer = AmqpConsumer(url, InboxApplier(stock.database, rec.consumers), settings=FAST)
+
+def _depth(url: str, name: str) -> int:
+    return {d.queue: d.messages for d in events_cli.queue_depths(url, [name])}[f"{name}.events"]
+
+
+def _consumers_on(url: str, name: str) -> int:
+    return {d.queue: d.consumers for d in events_cli.queue_depths(url, [name])}[f"{name}.events"]
+
+
+class BatchesSeen(InboxApplier):
+    """Notes, per applied batch, which of its events were redelivered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[bool]] = []
+
+    def apply(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        self.batches.append([e.redelivered for e in envelopes])
+        return super().apply(envelopes)
+
+
+def test_a_connection_starts_with_one_message_in_flight_and_takes_its_prefetch_after_first_deliveries(
+    crash_setup: tuple[str, ServiceDb, ServiceDb, str, str],
+) -> None:
+    url, checkout, stock, _stock_url, name = crash_setup
+    settings = FAST.model_copy(update={"events_slow_start_deliveries": 10})
+    applier = BatchesSeen(stock.database, recorder(name).consumers)
+    consumer = AmqpConsumer(url, applier, settings=settings)
     consumer.start()
     try:
         assert consumer.ready.wait(15)
-        assert events_cli.replay_parked(url, name, event_ids=sorted(others_parked)) == len(others_parked)
-        wait_until(lambda: stock.effects()[1] == len(good), 20, "every good message applied")
+        _publish_through_the_outbox(url, checkout, [f"A{n}" for n in range(9)])
+        wait_until(lambda: stock.effects()[1] == 9, 20, "the first events applied")
+        assert applier.batches == [[False]] * 9  # one at a time
+        assert _consumers_on(url, name) == 1
+        _publish_through_the_outbox(url, checkout, [f"B{n}" for n in range(300)])
+        wait_until(lambda: stock.effects()[1] == 309, 30, "the rest applied")
+        # The 10th clean delivery ended the slow start: a second consumer with the full prefetch, batches again.
+        assert _consumers_on(url, name) == 2
+        assert max(len(b) for b in applier.batches) > 1
     finally:
         consumer.stop()
-    assert stock.effects() == (len(good), len(good))
-    assert [p.event_id for p in events_cli.list_parked(url, name)] == [ids["CRASH"]]
+    assert stock.effects() == (309, 309)
+
+
+def test_redelivered_messages_are_applied_one_by_one_even_at_the_full_prefetch(
+    crash_setup: tuple[str, ServiceDb, ServiceDb, str, str],
+) -> None:
+    url, checkout, stock, _stock_url, name = crash_setup
+    _publish_through_the_outbox(url, checkout, [f"S{n}" for n in range(40)])
+    # A consumer that dies holding 8 messages: their delivery count rises, they come back redelivered, first.
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=8)
+    held: list[int] = []
+    channel.basic_consume(f"{name}.events", lambda _c, m, _p, _b: held.append(m.delivery_tag), auto_ack=False)
+    wait_until(lambda: connection.process_data_events(0.05) or len(held) == 8, 10, "8 messages held")
+    connection.close()
+
+    settings = FAST.model_copy(update={"events_slow_start_deliveries": 0})  # full prefetch at once
+    applier = BatchesSeen(stock.database, recorder(name).consumers)
+    consumer = AmqpConsumer(url, applier, settings=settings)
+    consumer.start()
+    try:
+        wait_until(lambda: stock.effects()[1] == 40, 20, "every event applied")
+    finally:
+        consumer.stop()
+    redelivered = [b for b in applier.batches if any(b)]
+    assert redelivered == [[True]] * 8  # each alone, never batched with others
+    assert sum(len(b) for b in applier.batches) == 40
+    assert stock.effects() == (40, 40)

@@ -5,6 +5,15 @@ runs; the handler thread hands results back with `add_callback_threadsafe`, and 
 sends failures to the retry queue for their attempt, or parks them after the last attempt, each with a publisher
 confirm before the original is acknowledged. Connection loss: reconnect with backoff and jitter; whatever was
 unacknowledged is redelivered and the inbox makes it harmless.
+
+Crash loops. When a consumer's connection closes, a quorum queue raises the delivery count of *every* message it
+held unacknowledged, and dead-letters past `x-delivery-limit`. A process that dies on one poison message, again and
+again, would so park the innocent messages in flight beside it. Hence a slow start: each connection consumes with
+one message in flight, and only after `events_slow_start_deliveries` first-time deliveries in a row were applied
+and acknowledged does it add a consumer with the full prefetch (a new `basic.qos` does not change the prefetch of
+a running quorum-queue consumer). And a suspect delivery (redelivered, maybe what killed the previous process) is
+always applied on its own and acknowledged before the handler takes anything else. A crash on a suspect message
+thus raises the count of that message alone, and only it reaches the delivery limit.
 """
 
 from __future__ import annotations
@@ -43,6 +52,14 @@ class _Delivery:
     generation: int
     tag: int
     envelope: Envelope
+    suspect: bool = False  # delivered before and not acknowledged: it may be what crashed a consumer
+
+
+def _suspect(method: Any, properties: pika.BasicProperties) -> bool:
+    if method.redelivered:
+        return True
+    count = (properties.headers or {}).get("x-delivery-count")
+    return isinstance(count, int) and count > 0
 
 
 class AmqpConsumer:
@@ -65,6 +82,10 @@ class AmqpConsumer:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._publisher: Any = None
+        # I/O thread, per connection: slow start (one message in flight) until a run of clean deliveries.
+        self._full_prefetch = False
+        self._clean_run = 0
+        self._on_message: Any = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -123,12 +144,15 @@ class AmqpConsumer:
             )
             publisher = connection.channel()
             publisher.confirm_delivery()
-            channel.basic_qos(prefetch_count=self.settings.events_prefetch)
+            slow_start = self.settings.events_slow_start_deliveries > 0 and self.settings.events_prefetch > 1
+            channel.basic_qos(prefetch_count=1 if slow_start else self.settings.events_prefetch)
+            self._full_prefetch, self._clean_run = not slow_start, 0
 
             def on_message(_ch: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
                 envelope = from_amqp(properties, body, redelivered=bool(method.redelivered))
-                self._work.put(_Delivery(generation, method.delivery_tag, envelope))
+                self._work.put(_Delivery(generation, method.delivery_tag, envelope, _suspect(method, properties)))
 
+            self._on_message = on_message
             channel.basic_consume(self.queues.main, on_message, auto_ack=False)
             self._connection = connection
             self._channel, self._publisher = channel, publisher
@@ -143,17 +167,35 @@ class AmqpConsumer:
                 if connection.is_open:
                     connection.close()
 
-    def _settle(self, deliveries: list[_Delivery], outcomes: list[Outcome]) -> None:
+    def _settle(self, deliveries: list[_Delivery], outcomes: list[Outcome], settled: threading.Event) -> None:
         """In the I/O thread: ack, retry or park each delivery of one applied batch."""
-        if not deliveries or deliveries[0].generation != self._generation or self._connection is None:
-            return  # the connection these tags belong to is gone; the broker redelivers them
-        for delivery, outcome in zip(deliveries, outcomes, strict=True):
-            if outcome.failed:
-                self._send_failure(delivery.envelope, outcome)  # confirmed before the ack below
-        # One ack for the whole batch. The handler thread takes deliveries in the order they arrived and
-        # batches are settled in turn, so every tag up to the last of this batch is either in it or was
-        # settled with an earlier batch: `multiple` acknowledges exactly this batch.
-        self._channel.basic_ack(deliveries[-1].tag, multiple=True)
+        try:
+            if not deliveries or deliveries[0].generation != self._generation or self._connection is None:
+                return  # the connection these tags belong to is gone; the broker redelivers them
+            for delivery, outcome in zip(deliveries, outcomes, strict=True):
+                if outcome.failed:
+                    self._send_failure(delivery.envelope, outcome)  # confirmed before the ack below
+            # One ack for the whole batch. The handler thread takes deliveries in the order they arrived and
+            # batches are settled in turn, so every tag up to the last of this batch is either in it or was
+            # settled with an earlier batch: `multiple` acknowledges exactly this batch.
+            self._channel.basic_ack(deliveries[-1].tag, multiple=True)
+            if not self._full_prefetch:
+                for delivery in deliveries:
+                    self._clean_run = 0 if delivery.suspect else self._clean_run + 1
+                if self._clean_run >= self.settings.events_slow_start_deliveries:
+                    self._take_full_prefetch()
+        finally:
+            settled.set()
+
+    def _take_full_prefetch(self) -> None:
+        """End of the slow start: a second consumer on the channel with the configured prefetch.
+
+        `basic.qos` applies to consumers started after it only, so the first consumer keeps its one message in
+        flight (cancelling it would make pika reject, and so redeliver, what is on the wire for it meanwhile)."""
+        self._full_prefetch = True
+        self._channel.basic_qos(prefetch_count=self.settings.events_prefetch)
+        self._channel.basic_consume(self.queues.main, self._on_message, auto_ack=False)
+        log.debug("event consumer takes its full prefetch", extra={"consumer": self.name})
 
     def _send_failure(self, envelope: Envelope, outcome: Outcome) -> None:
         retry = None if outcome.final else self.queues.retry_for(envelope.attempt)
@@ -191,33 +233,53 @@ class AmqpConsumer:
     # handler thread --------------------------------------------------------------------------------------
 
     def _handler_loop(self) -> None:
+        following: _Delivery | None = None  # taken from the queue already; it starts the next batch
         while not self._stopping.is_set():
-            try:
-                first = self._work.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < self.settings.events_batch_size:
+            if following is None:
                 try:
-                    item = self._work.get_nowait()
+                    following = self._work.get(timeout=0.2)
                 except queue.Empty:
-                    break
-                if item.generation != first.generation:
-                    batch = [item]  # a reconnect happened: older tags are void
                     continue
-                batch.append(item)
+            batch, following = self._take_batch(following)
             if batch[0].generation != self._generation:
-                continue
+                continue  # a reconnect happened: these tags are void, the broker redelivers them
             outcomes = self.applier.apply_until_done([d.envelope for d in batch], self._stopping.is_set)
             if outcomes is None:
                 return
             connection = self._connection
             if connection is None:
                 continue
+            settled = threading.Event()
             try:
-                connection.add_callback_threadsafe(lambda b=batch, o=outcomes: self._settle(b, o))
+                connection.add_callback_threadsafe(lambda b=batch, o=outcomes, s=settled: self._settle(b, o, s))
             except Exception:
                 log.warning("could not acknowledge, the connection closed; events will be redelivered")
+                continue
+            if batch[0].suspect:
+                # Acknowledged before anything else is applied: should the next message kill the process, this
+                # one, applied already, must not be redelivered once more (and come nearer the delivery limit).
+                self._await_settled(settled, batch[0].generation)
+
+    def _take_batch(self, first: _Delivery) -> tuple[list[_Delivery], _Delivery | None]:
+        """The batch that starts with `first` (what arrived with it, in order, of its connection), and the delivery
+        that starts the next one, if taken already. A suspect delivery is a batch of its own."""
+        batch = [first]
+        if first.suspect:
+            return batch, None
+        while len(batch) < self.settings.events_batch_size:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item.suspect or item.generation != first.generation:
+                return batch, item
+            batch.append(item)
+        return batch, None
+
+    def _await_settled(self, settled: threading.Event, generation: int) -> None:
+        while not settled.wait(0.05):
+            if self._stopping.is_set() or generation != self._generation or self._connection is None:
+                return
 
 
 def replayed(envelope: Envelope) -> Envelope:

@@ -18,6 +18,11 @@ class MessagingSettings(BaseSettings):
     # Redeliveries (crashes, nacks) a quorum queue allows before it dead-letters to the parking queue.
     events_delivery_limit: int = Field(default=10, ge=1, le=1000)
     events_prefetch: int = Field(default=200, ge=1, le=10_000)
+    # Slow start after a crash: each connection begins with one message in flight and takes the full prefetch only
+    # after this many first-time deliveries in a row were applied and acknowledged (0: full prefetch at once).
+    # A quorum queue raises the delivery count of every unacknowledged message when a consumer dies, so a process
+    # that crashes on a redelivered (suspect) message must not hold innocent ones at that moment.
+    events_slow_start_deliveries: int = Field(default=10, ge=0, le=10_000)
     events_batch_size: int = Field(default=100, ge=1, le=10_000)
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(default=1.0, gt=0, le=60)
