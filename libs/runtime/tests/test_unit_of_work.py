@@ -81,3 +81,31 @@ def test_commit_without_events_does_not_wake_the_relay(database: Database) -> No
     with UnitOfWork(database, source="stock") as uow:
         uow.commit()
     assert woken == []
+
+
+def test_events_of_one_unit_of_work_are_written_in_publish_order_with_one_trace_context(database: Database) -> None:
+    with UnitOfWork(database, source="stock") as uow:
+        ids = [uow.publish(_event(f"SKU-{i}"), subject=f"SKU-{i}") for i in range(5)]
+        uow.commit()
+    with database.engine.connect() as conn:
+        rows = conn.execute(select(outbox_table).order_by(outbox_table.c.id)).all()
+    assert [r.event_id for r in rows] == ids
+    assert [r.subject for r in rows] == [f"SKU-{i}" for i in range(5)]
+    assert len({str(r.headers) for r in rows}) == 1
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced_on_checkout(postgres_url: str) -> None:
+    from sqlalchemy import text
+
+    db = Database(postgres_url, pool_size=1, max_overflow=0, ping_after_idle=0)
+    try:
+        with db.engine.connect() as conn:
+            pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
+        killer = Database(postgres_url)
+        with killer.engine.begin() as conn:
+            conn.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+        killer.dispose()
+        with db.engine.connect() as conn:  # the idle connection is pinged, found dead and replaced
+            assert conn.execute(text("select pg_backend_pid()")).scalar_one() != pid
+    finally:
+        db.dispose()

@@ -35,16 +35,23 @@ def _race(stub, requests: list[stock_pb2.ReserveRequest]) -> tuple[int, list[grp
     return len(outcomes) - len(failures), failures
 
 
-def _watch_never_negative(stock: RunningStock, skus: list[str]) -> tuple[threading.Event, list[int]]:
-    """Polls availability while the race runs; records every available quantity seen."""
-    stop, seen = threading.Event(), []
+def _watch_never_negative(stock: RunningStock, skus: list[str]) -> tuple[Callable[[], None], list[int]]:
+    """Polls availability while the race runs; records every available quantity seen. Call the first result to
+    stop polling (it waits for the poller, so no call is left running when the test ends)."""
+    stopping, seen = threading.Event(), []
 
     def poll() -> None:
-        while not stop.is_set():
+        while not stopping.is_set():
             reply = stock.stub.GetAvailability(stock_pb2.GetAvailabilityRequest(store_id=BERLIN, skus=skus), timeout=10)
             seen.extend(lv.available for lv in reply.levels)
 
-    threading.Thread(target=poll, daemon=True).start()
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+
+    def stop() -> None:
+        stopping.set()
+        poller.join(timeout=15)
+
     return stop, seen
 
 
@@ -57,7 +64,7 @@ def test_fifty_tills_reserving_one_of_ten_units_sell_exactly_ten(
     for sku in skus:
         stop, seen = _watch_never_negative(stock, [sku])
         ok, failures = _race(stock.stub, [reserve_request(f"basket-{sku}-{i}", {sku: 1}) for i in range(CALLERS)])
-        stop.set()
+        stop()
         assert ok == 10, sku
         assert len(failures) == 40
         assert {f.code() for f in failures} == {grpc.StatusCode.FAILED_PRECONDITION}

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from google.protobuf.message import Message
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,11 +20,22 @@ from storeplane_runtime import outbox
 
 log = logging.getLogger(__name__)
 
+# A connection used moments ago is alive; pinging it on every checkout cost a round trip per transaction.
+PING_AFTER_IDLE_SECONDS = 5.0
+
 
 class Database:
     """An engine and a session factory, plus hooks run after every commit that wrote events."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        echo: bool = False,
+        ping_after_idle: float = PING_AFTER_IDLE_SECONDS,
+    ) -> None:
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -33,10 +45,17 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_recycle=1800)
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _serialise_sqlite_writers(self.engine)
+        else:
+            _ping_idle_connections(self.engine, ping_after_idle)
+        # Reads that need no transaction (one statement, or several that need not agree) run in autocommit on
+        # PostgreSQL: no BEGIN and ROLLBACK round trips around them.
+        self.read_engine: Engine = (
+            self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._committed_hooks: list[Callable[[], None]] = []
         self._event_listeners: list[Callable[[Sequence[outbox.PendingEvent]], None]] = []
@@ -70,6 +89,31 @@ class Database:
         self.engine.dispose()
 
 
+def _ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
+    """Pessimistic disconnect handling for connections that sat idle in the pool: they are pinged on checkout and
+    replaced when dead. A connection that breaks while in use fails that one call, and SQLAlchemy's disconnect
+    detection then recycles the whole pool."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # new, or used a moment ago
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+            dbapi_connection.rollback()  # hand it over outside a transaction, as the pool does
+        except Exception as error:
+            raise exc.DisconnectionError(f"idle connection is dead: {error}") from error
+
+
 def _serialise_sqlite_writers(engine: Engine) -> None:
     # pysqlite's deferred BEGIN lets two writers deadlock on lock upgrade; take the write lock up front,
     # use WAL so readers of other connections are not blocked, and wait for the lock rather than fail.
@@ -99,13 +143,20 @@ class UnitOfWork:
         self.source = source
         self.session: Session
         self._pending: list[outbox.PendingEvent] = []
+        self._trace_headers: dict[str, str] | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
         self.session = self.database.sessions()
         self._pending = []
+        self._trace_headers = None
         self._committed = False
         return self
+
+    @property
+    def connection(self) -> Connection:
+        """The session's connection in this transaction: Core statements run here without the ORM's overhead."""
+        return self.session.connection()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -118,14 +169,18 @@ class UnitOfWork:
 
     def publish(self, event: Message, *, subject: str = "", store_id: str = "") -> str:
         """Queue `event` for the outbox of this transaction; returns its event id."""
-        pending = outbox.prepare(event, source=self.source, subject=subject, store_id=store_id)
+        if self._trace_headers is None:  # one trace context for every event of the transaction
+            self._trace_headers = outbox.trace_headers()
+        pending = outbox.prepare(
+            event, source=self.source, subject=subject, store_id=store_id, headers=self._trace_headers
+        )
         self._pending.append(pending)
         return pending.event_id
 
     def commit(self) -> None:
         written = self._pending
         if written:
-            outbox.write(self.session, written)
+            outbox.write(self.connection, written)
             self._pending = []
         self.session.commit()
         self._committed = True

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from storeplane_runtime.db import Database, UnitOfWork
@@ -20,6 +20,13 @@ R = TypeVar("R", bound=Message)
 
 MAX_REQUEST_ID_LENGTH = 128
 RETENTION = timedelta(hours=48)  # the contract promises at least 24 h
+
+# Built once: a statement object per call costs more than its round trip on the hot path.
+_t = idempotency_table
+_LOOKUP = select(_t.c.request_hash, _t.c.method, _t.c.response).where(
+    _t.c.caller == bindparam("k_caller"), _t.c.request_id == bindparam("k_request_id")
+)
+_REMEMBER = insert(_t)
 
 
 def fingerprint(request: Message) -> str:
@@ -61,11 +68,7 @@ def run_once(
     digest = fingerprint(request)
     for _ in range(2):
         with UnitOfWork(database, source=source) as uow:
-            row = uow.session.execute(
-                select(
-                    idempotency_table.c.request_hash, idempotency_table.c.method, idempotency_table.c.response
-                ).where(idempotency_table.c.caller == caller, idempotency_table.c.request_id == request_id)
-            ).first()
+            row = uow.connection.execute(_LOOKUP, {"k_caller": caller, "k_request_id": request_id}).first()
             if row is not None:
                 if row.request_hash != digest or row.method != method:
                     raise IdempotencyKeyReused(
@@ -75,15 +78,16 @@ def run_once(
                 return response_type.FromString(row.response)
             response = work(uow)
             try:
-                uow.session.execute(
-                    insert(idempotency_table).values(
-                        caller=caller,
-                        request_id=request_id,
-                        method=method,
-                        request_hash=digest,
-                        response=response.SerializeToString(deterministic=True),
-                        created_at=utcnow(),
-                    )
+                uow.connection.execute(
+                    _REMEMBER,
+                    {
+                        "caller": caller,
+                        "request_id": request_id,
+                        "method": method,
+                        "request_hash": digest,
+                        "response": response.SerializeToString(deterministic=True),
+                        "created_at": utcnow(),
+                    },
                 )
                 uow.commit()
             except IntegrityError:

@@ -30,6 +30,7 @@ from stock.domain import (
     WatcherFellBehind,
     desired_quantities,
 )
+from stock.item_cache import ItemCache
 from stock.services import StockPolicy
 from stock.settings import StockSettings
 from stock.watch import StockWatch
@@ -81,6 +82,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         self.stores = stores
         self.watch = watch
         self.policy = policy
+        self.items = ItemCache()
 
     @property
     def database(self) -> Database:
@@ -105,18 +107,26 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             v.text("barcode", request.barcode, MAX_BARCODE_LENGTH)
         v.raise_if_any()
         store = self.stores[request.store_id]
-        with self.database.engine.connect() as conn:
-            item = storage.find_item(conn, sku=request.sku, barcode=request.barcode)
-            if item is None:
+        # One statement reads the level and the item's current revision; the item itself comes from the cache
+        # when it is at that revision.
+        with self.database.read_engine.connect() as conn:
+            shelf = storage.find_on_shelf(conn, store.store_id, sku=request.sku, barcode=request.barcode)
+            if shelf is None:
                 what = f"barcode {request.barcode}" if key == "barcode" else f"SKU {request.sku}"
                 raise ItemNotFound(f"no item with {what}", metadata={key or "key": request.sku or request.barcode})
-            price = item.price_in(store.currency)
-            level = storage.read_levels(conn, store.store_id, [item.sku]).get(item.sku)
+            cached = self.items.get(shelf.sku, shelf.revision)
+            if cached is None:
+                item = storage.find_item(conn, sku=shelf.sku)
+                if item is None:  # cannot happen: items are never deleted
+                    raise ItemNotFound(f"no item with SKU {shelf.sku}", metadata={"sku": shelf.sku})
+                cached = self.items.put(item)
+        item = cached.item
+        price = item.price_in(store.currency)
         return stock_pb2.GetItemResponse(
-            item=events.item_message(item),
+            item=cached.message,
             price=common_pb2.Money(amount_minor=price, currency_code=store.currency),
             tax_class=item.tax_class,
-            level=events.level_message(level or Level(store.store_id, item.sku)),
+            level=events.level_message(shelf.level),
         )
 
     def GetAvailability(
@@ -134,7 +144,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                 v.text(f"skus[{i}]", sku, MAX_SKU_LENGTH)
         v.raise_if_any()
         skus = list(dict.fromkeys(request.skus))
-        with self.database.engine.connect() as conn:
+        with self.database.read_engine.connect() as conn:
             known = storage.known_skus(conn, skus)
             levels = storage.read_levels(conn, request.store_id, skus)
         return stock_pb2.GetAvailabilityResponse(

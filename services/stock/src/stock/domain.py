@@ -91,7 +91,7 @@ class Violations:
                 self.add(field_path, "must not be empty")
         elif len(value) > max_length:
             self.add(field_path, f"at most {max_length} characters")
-        elif any(c.isspace() or not c.isprintable() for c in value):
+        elif not value.isprintable() or " " in value:  # isprintable() refuses all whitespace but the space
             self.add(field_path, "must not contain spaces or control characters")
 
     def store(self, field_path: str, store_id: str, known: Mapping[str, object]) -> None:

@@ -8,17 +8,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import events_pb2, stock_pb2
-from stock.domain import Item, Level, LevelChange, Reservation, ReservationState
+from stock.domain import ChangeReason, Item, Level, LevelChange, Reservation, ReservationState
+from storeplane_runtime.outbox import timestamp_parts
 
 STOCK_LEVEL_CHANGED = events_pb2.StockLevelChanged.DESCRIPTOR.full_name
+_REASONS = {r: stock_pb2.StockChangeReason.Value(f"STOCK_CHANGE_REASON_{r.value}") for r in ChangeReason}
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    seconds, nanos = timestamp_parts(value)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def level_message(level: Level) -> stock_pb2.StockLevel:
@@ -43,7 +44,7 @@ def change_message(change: LevelChange) -> stock_pb2.StockLevelChange:
         available=after.available,
         on_hand_delta=change.on_hand_delta,
         reserved_delta=change.reserved_delta,
-        reason=stock_pb2.StockChangeReason.Value(f"STOCK_CHANGE_REASON_{change.reason.value}"),
+        reason=_REASONS[change.reason],
         adjustment_reason=stock_pb2.AdjustmentReason.Value(adjustment) if adjustment else 0,
         went_negative=change.went_negative,
         reference_id=change.reference_id,

@@ -229,7 +229,8 @@ def stock_level_import(stores: Mapping[str, Store], policy: StockPolicy) -> Impo
             return f"unknown store {row.store_id[:64]!r}" if row.store_id else "store_id is empty"
         if not row.sku:
             return "sku is empty"
-        if len(row.sku) > MAX_SKU_LENGTH or any(c.isspace() or not c.isprintable() for c in row.sku):
+        # str.isprintable() refuses every whitespace character but the plain space.
+        if len(row.sku) > MAX_SKU_LENGTH or not row.sku.isprintable() or " " in row.sku:
             return f"sku must be 1 to {MAX_SKU_LENGTH} printable characters without spaces"
         if not 0 <= row.on_hand <= MAX_STOCK_QUANTITY:
             return f"on_hand must be between 0 and {MAX_STOCK_QUANTITY}"
@@ -237,7 +238,7 @@ def stock_level_import(stores: Mapping[str, Store], policy: StockPolicy) -> Impo
 
     def apply(uow: UnitOfWork, rows: Sequence[tuple[int, LevelRow]], now: datetime, reference: str) -> ChunkResult:
         result = ChunkResult()
-        session = uow.session
+        session = uow.connection
         known = storage.known_skus(session, {r.sku for _, r in rows})
         valid = []
         for number, r in rows:
@@ -305,7 +306,7 @@ def item_import() -> ImportKind[Item]:
 
     def apply(uow: UnitOfWork, rows: Sequence[tuple[int, Item]], now: datetime, reference: str) -> ChunkResult:
         result = ChunkResult()
-        session = uow.session
+        session = uow.connection
         existing = storage.find_items(session, {i.sku for _, i in rows})
         owners = storage.barcode_owners(session, {b for _, i in rows for b in i.barcodes})
         created: list[Item] = []

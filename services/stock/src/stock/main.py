@@ -45,6 +45,7 @@ def create_app(settings: StockSettings) -> ServiceApp:
     assert app.database is not None
     servicer.database = app.database  # the app owns the database; the servicer gets it once it exists
     app.database.on_committed_events(watch.committed)
+    app.database.on_committed_events(servicer.items.committed)
     app.host.on_stopping.append(watch.stop)
     app.workers.append(
         ExpirySweeper(

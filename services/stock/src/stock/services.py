@@ -59,7 +59,7 @@ def publish_changes(
 
 
 def _require_items(uow: UnitOfWork, skus: Sequence[str] | set[str]) -> dict[str, int | None]:
-    known = storage.known_skus(uow.session, skus)
+    known = storage.known_skus(uow.connection, skus)
     unknown = sorted(set(skus) - set(known))
     if unknown:
         raise ItemNotFound(f"unknown SKU(s): {', '.join(unknown[:20])}", metadata={"skus": ",".join(unknown[:50])})
@@ -80,13 +80,16 @@ def reserve(
     all_or_nothing: bool,
     now: datetime,
 ) -> Reservation:
-    """Set the reservation to exactly `desired`; lock order: the reservation row, then levels by SKU."""
-    session = uow.session
-    existing = storage.lock_reservation(session, reservation_id, store_id, now)
+    """Set the reservation to exactly `desired`; lock order: the reservation row, then levels by SKU.
+
+    Two reads (the reservation row; the level rows with the items among the SKUs) and one write."""
+    conn = uow.connection
+    existing = storage.lock_reservation(conn, reservation_id, store_id, now)
     held = existing.held() if existing is not None and existing.store_id == store_id else {}
-    skus = set(desired) | set(held)
-    reorder_points = _require_items(uow, set(desired)) if desired else {}
-    levels = storage.lock_levels(session, store_id, skus)
+    levels, reorder_points = storage.lock_levels_of_items(conn, store_id, set(desired) | set(held))
+    unknown = sorted(set(desired) - set(reorder_points))
+    if unknown:
+        raise ItemNotFound(f"unknown SKU(s): {', '.join(unknown[:20])}", metadata={"skus": ",".join(unknown[:50])})
     plan = plan_reserve(
         existing,
         reservation_id=reservation_id,
@@ -102,11 +105,7 @@ def reserve(
         before = levels[sku]  # a SKU whose reservation changes has a level row: held, or available > 0
         reason = ChangeReason.RESERVATION if delta > 0 else ChangeReason.RELEASE
         changes.append(LevelChange(before, before.moved(0, delta, now), reason, reservation_id))
-    storage.write_levels(session, [c.after for c in changes])
-    storage.save_reservation(session, plan.reservation, now)
-    if any(c.reserved_delta > 0 for c in changes):
-        missing = {c.after.sku for c in changes} - set(reorder_points)
-        reorder_points = {**reorder_points, **storage.known_skus(session, missing)}
+    storage.save_reservation(conn, plan.reservation, now, [c.after for c in changes])
     publish_changes(uow, changes, reorder_points, policy, reservation_id)
     return plan.reservation
 
@@ -120,14 +119,14 @@ def end_reservation(
     now: datetime,
 ) -> Reservation:
     """Release (or expire) a reservation: whoever moves it out of ACTIVE gives its units back, once."""
-    session = uow.session
-    active = storage.end_reservation(session, reservation_id, to, now)
+    conn = uow.connection
+    active = storage.end_reservation(conn, reservation_id, to, now)
     if active is None:
-        found = storage.find_reservation(session, reservation_id)
+        found = storage.find_reservation(conn, reservation_id)
         return found or Reservation(reservation_id, "", ReservationState.RELEASED)
     reason = ChangeReason.EXPIRY if to is ReservationState.EXPIRED else ChangeReason.RELEASE
     moves = {sku: (0, -held) for sku, held in active.held().items()}
-    changes = storage.move_levels(session, active.store_id, moves, reason=reason, reference_id=reservation_id, now=now)
+    changes = storage.move_levels(conn, active.store_id, moves, reason=reason, reference_id=reservation_id, now=now)
     publish_changes(uow, changes, {}, policy, reservation_id)
     return Reservation(reservation_id, active.store_id, to, active.lines, active.expires_at)
 
@@ -135,12 +134,12 @@ def end_reservation(
 def expire_due(uow: UnitOfWork, policy: StockPolicy, *, now: datetime, limit: int) -> int:
     """Expire up to `limit` reservations past their time; returns how many. Levels are locked in (store, sku)
     order across the whole batch."""
-    session = uow.session
-    claimed = storage.claim_expired(session, now, limit)
+    conn = uow.connection
+    claimed = storage.claim_expired(conn, now, limit)
     if not claimed:
         return 0
     keys = {(r.store_id, sku) for r in claimed for sku in r.held()}
-    current: dict[tuple[str, str], Level] = dict(storage.lock_level_keys(session, keys))
+    current: dict[tuple[str, str], Level] = dict(storage.lock_level_keys(conn, keys))
     changes = []
     for r in claimed:
         for sku, held in sorted(r.held().items()):
@@ -149,7 +148,7 @@ def expire_due(uow: UnitOfWork, policy: StockPolicy, *, now: datetime, limit: in
             current[(r.store_id, sku)] = after
             changes.append(LevelChange(before, after, ChangeReason.EXPIRY, r.reservation_id))
     touched = {(c.after.store_id, c.after.sku) for c in changes}
-    storage.write_levels(session, [current[k] for k in sorted(touched)])
+    storage.write_levels(conn, [current[k] for k in sorted(touched)])
     for r in claimed:
         publish_changes(uow, [c for c in changes if c.reference_id == r.reservation_id], {}, policy, r.reservation_id)
     return len(claimed)
@@ -173,17 +172,17 @@ def adjust(
     now: datetime,
 ) -> tuple[Level, int]:
     """Change on_hand by hand; returns the level after it and the delta applied."""
-    session = uow.session
+    conn = uow.connection
     reorder_points = _require_items(uow, [sku])
-    levels = storage.lock_levels(session, store_id, [sku])
+    levels = storage.lock_levels(conn, store_id, [sku])
     if sku not in levels:
-        storage.create_levels(session, [(store_id, sku)], now)
-        levels = storage.lock_levels(session, store_id, [sku])
+        storage.create_levels(conn, [(store_id, sku)], now)
+        levels = storage.lock_levels(conn, store_id, [sku])
     before = levels[sku]
     applied = adjustment_delta(before.on_hand, delta=delta, set_on_hand=set_on_hand)
     change = LevelChange(before, before.moved(applied, 0, now), ChangeReason.ADJUSTMENT, request_id, reason)
-    storage.write_levels(session, [change.after])
-    storage.record_adjustment(session, change, reason=reason, note=note, request_id=request_id, caller=caller, now=now)
+    storage.write_levels(conn, [change.after])
+    storage.record_adjustment(conn, change, reason=reason, note=note, request_id=request_id, caller=caller, now=now)
     publish_changes(uow, [change], reorder_points, policy, request_id)
     return change.after, applied
 
@@ -200,25 +199,25 @@ def commit_sale(
 ) -> list[LevelChange]:
     """A sale happened: goods leave the shelf, its reservation is consumed. Never refused: stock may go below
     zero and unknown SKUs are booked anyway; both are recorded as discrepancies."""
-    session = uow.session
-    if not storage.first_application(session, "SALE", sale_id, now):
+    conn = uow.connection
+    if not storage.first_application(conn, "SALE", sale_id, now):
         return []
     held: dict[str, int] = {}
     if reservation_id:
-        active = storage.end_reservation(session, reservation_id, ReservationState.COMMITTED, now)
+        active = storage.end_reservation(conn, reservation_id, ReservationState.COMMITTED, now)
         if active is not None and active.store_id == store_id:
             held = active.held()
         elif active is not None:  # reserved in another store than it was sold in: give those units back there
             moves = {sku: (0, -q) for sku, q in active.held().items()}
             released = storage.move_levels(
-                session, active.store_id, moves, reason=ChangeReason.RELEASE, reference_id=reservation_id, now=now
+                conn, active.store_id, moves, reason=ChangeReason.RELEASE, reference_id=reservation_id, now=now
             )
             publish_changes(uow, released, {}, policy, reservation_id)
     sold = summed(lines)
     moves = sale_movements(held, sold)
     reasons = {sku: ChangeReason.SALE if sku in sold else ChangeReason.RELEASE for sku in moves}
-    changes = storage.move_levels(session, store_id, moves, reason=reasons, reference_id=sale_id, now=now)
-    reorder_points = storage.known_skus(session, list(moves))
+    changes = storage.move_levels(conn, store_id, moves, reason=reasons, reference_id=sale_id, now=now)
+    reorder_points = storage.known_skus(conn, list(moves))
     odd: list[tuple[str, LevelChange, int]] = []
     for change in changes:
         quantity = sold.get(change.after.sku, 0)
@@ -226,7 +225,7 @@ def commit_sale(
             odd.append(("UNKNOWN_SKU", change, quantity))
         if change.went_negative and change.on_hand_delta < 0:
             odd.append(("NEGATIVE_ON_HAND", change, quantity))
-    storage.record_discrepancies(session, odd, now)
+    storage.record_discrepancies(conn, odd, now)
     publish_changes(uow, changes, reorder_points, policy, reservation_id or sale_id)
     return changes
 
@@ -241,10 +240,10 @@ def restock_return(
     now: datetime,
 ) -> list[LevelChange]:
     """Returned goods marked for restock go back on the shelf of the returning store (once per return)."""
-    session = uow.session
-    if not storage.first_application(session, "RETURN", return_id, now):
+    conn = uow.connection
+    if not storage.first_application(conn, "RETURN", return_id, now):
         return []
     moves = {sku: (quantity, 0) for sku, quantity in summed(lines).items()}
-    changes = storage.move_levels(session, store_id, moves, reason=ChangeReason.RETURN, reference_id=return_id, now=now)
-    publish_changes(uow, changes, storage.known_skus(session, list(moves)), policy, return_id)
+    changes = storage.move_levels(conn, store_id, moves, reason=ChangeReason.RETURN, reference_id=return_id, now=now)
+    publish_changes(uow, changes, storage.known_skus(conn, list(moves)), policy, return_id)
     return changes

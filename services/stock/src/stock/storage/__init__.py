@@ -1,0 +1,79 @@
+"""Storage of the stock service, one module per concept: tables, items, levels, reservations, audit records.
+
+Callers use `storage.<function>`; every query takes a Connection (hot paths) or a Session."""
+
+from stock.storage.audit import first_application, record_adjustment, record_discrepancies
+from stock.storage.items import (
+    Shelf,
+    barcode_owners,
+    find_item,
+    find_items,
+    find_on_shelf,
+    known_skus,
+    save_items,
+)
+from stock.storage.levels import (
+    create_levels,
+    insert_levels,
+    lock_level_keys,
+    lock_levels,
+    lock_levels_of_items,
+    move_levels,
+    read_levels,
+    write_levels,
+)
+from stock.storage.reservations import (
+    claim_expired,
+    end_reservation,
+    find_reservation,
+    lock_reservation,
+    save_reservation,
+)
+from stock.storage.tables import (
+    applied_documents,
+    insert_for,
+    item_barcodes,
+    items,
+    metadata,
+    reservations,
+    stock_adjustments,
+    stock_discrepancies,
+    stock_levels,
+    utc,
+)
+
+__all__ = [
+    "Shelf",
+    "applied_documents",
+    "barcode_owners",
+    "claim_expired",
+    "create_levels",
+    "end_reservation",
+    "find_item",
+    "find_items",
+    "find_on_shelf",
+    "find_reservation",
+    "first_application",
+    "insert_for",
+    "insert_levels",
+    "item_barcodes",
+    "items",
+    "known_skus",
+    "lock_level_keys",
+    "lock_levels",
+    "lock_levels_of_items",
+    "lock_reservation",
+    "metadata",
+    "move_levels",
+    "read_levels",
+    "record_adjustment",
+    "record_discrepancies",
+    "reservations",
+    "save_items",
+    "save_reservation",
+    "stock_adjustments",
+    "stock_discrepancies",
+    "stock_levels",
+    "utc",
+    "write_levels",
+]

@@ -1,0 +1,145 @@
+"""Items, their barcodes and prices: lookups, the revision-checked read of GetItem, and import writes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import JSON, bindparam, select, update
+
+from stock.domain import Item, Level
+from stock.storage.tables import Db, item_barcodes, items, stock_levels, utc
+
+# Statements are built once: building and cache-keying a statement per call cost more than its round trip.
+_ITEM_BY_SKU = select(items).where(items.c.sku == bindparam("sku"))
+_ITEMS_BY_SKUS = select(items).where(items.c.sku.in_(bindparam("skus", expanding=True)))
+_ITEM_BY_BARCODE = (
+    select(items)
+    .join(item_barcodes, item_barcodes.c.sku == items.c.sku)
+    .where(item_barcodes.c.barcode == bindparam("barcode"))
+)
+_KNOWN = select(items.c.sku, items.c.reorder_point).where(items.c.sku.in_(bindparam("skus", expanding=True)))
+_OWNERS = select(item_barcodes).where(item_barcodes.c.barcode.in_(bindparam("barcodes", expanding=True)))
+
+_SHELF = items.outerjoin(
+    stock_levels, (stock_levels.c.store_id == bindparam("store_id")) & (stock_levels.c.sku == items.c.sku)
+)
+_SHELF_COLUMNS = (
+    items.c.sku,
+    items.c.revision,
+    stock_levels.c.on_hand,
+    stock_levels.c.reserved,
+    stock_levels.c.updated_at,
+)
+_SHELF_BY_SKU = select(*_SHELF_COLUMNS).select_from(_SHELF).where(items.c.sku == bindparam("sku"))
+_SHELF_BY_BARCODE = (
+    select(*_SHELF_COLUMNS)
+    .select_from(_SHELF.join(item_barcodes, item_barcodes.c.sku == items.c.sku))
+    .where(item_barcodes.c.barcode == bindparam("barcode"))
+)
+
+
+def _item(row: Any) -> Item:
+    return Item(
+        sku=row.sku,
+        name=row.name,
+        tax_class=row.tax_class,
+        barcodes=tuple(row.barcodes),
+        prices=dict(row.prices),
+        reorder_point=row.reorder_point,
+        revision=row.revision,
+        updated_at=utc(row.updated_at),
+    )
+
+
+def find_item(conn: Db, *, sku: str = "", barcode: str = "") -> Item | None:
+    if barcode:
+        row = conn.execute(_ITEM_BY_BARCODE, {"barcode": barcode}).first()
+    else:
+        row = conn.execute(_ITEM_BY_SKU, {"sku": sku}).first()
+    return None if row is None else _item(row)
+
+
+def find_items(conn: Db, skus: Collection[str]) -> dict[str, Item]:
+    if not skus:
+        return {}
+    return {row.sku: _item(row) for row in conn.execute(_ITEMS_BY_SKUS, {"skus": list(skus)})}
+
+
+@dataclass(frozen=True)
+class Shelf:
+    """What GetItem reads in one statement: which item (and its revision) and its level in one store."""
+
+    sku: str
+    revision: int
+    level: Level
+
+
+def find_on_shelf(conn: Db, store_id: str, *, sku: str = "", barcode: str = "") -> Shelf | None:
+    """The item's SKU and revision and its level in the store (zero when it has none); None if no such item."""
+    if barcode:
+        row = conn.execute(_SHELF_BY_BARCODE, {"store_id": store_id, "barcode": barcode}).first()
+    else:
+        row = conn.execute(_SHELF_BY_SKU, {"store_id": store_id, "sku": sku}).first()
+    if row is None:
+        return None
+    if row.on_hand is None:
+        return Shelf(row.sku, row.revision, Level(store_id, row.sku))
+    return Shelf(row.sku, row.revision, Level(store_id, row.sku, row.on_hand, row.reserved, utc(row.updated_at)))
+
+
+def known_skus(conn: Db, skus: Collection[str]) -> dict[str, int | None]:
+    """SKU -> reorder point of those SKUs that are items."""
+    if not skus:
+        return {}
+    return {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": list(skus)})}
+
+
+def barcode_owners(conn: Db, barcodes: Collection[str]) -> dict[str, str]:
+    if not barcodes:
+        return {}
+    return {row.barcode: row.sku for row in conn.execute(_OWNERS, {"barcodes": list(barcodes)})}
+
+
+_INSERT_ITEMS = items.insert()
+_INSERT_BARCODES = item_barcodes.insert()
+_DELETE_BARCODES = item_barcodes.delete().where(item_barcodes.c.sku.in_(bindparam("skus", expanding=True)))
+_UPDATE_ITEM = (
+    update(items)
+    .where(items.c.sku == bindparam("b_sku"))
+    .values(
+        name=bindparam("name"),
+        tax_class=bindparam("tax_class"),
+        barcodes=bindparam("barcodes", type_=JSON),
+        prices=bindparam("prices", type_=JSON),
+        reorder_point=bindparam("reorder_point"),
+        revision=bindparam("revision"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+
+
+def save_items(conn: Db, created: Sequence[Item], updated: Sequence[Item]) -> None:
+    """Insert new items, replace changed ones, and keep the barcode lookup in step."""
+
+    def values(item: Item) -> dict[str, Any]:
+        return {
+            "sku": item.sku,
+            "name": item.name,
+            "tax_class": item.tax_class,
+            "barcodes": list(item.barcodes),
+            "prices": dict(item.prices),
+            "reorder_point": item.reorder_point,
+            "revision": item.revision,
+            "updated_at": item.updated_at,
+        }
+
+    if created:
+        conn.execute(_INSERT_ITEMS, [values(i) for i in created])
+    if updated:
+        conn.execute(_DELETE_BARCODES, {"skus": [i.sku for i in updated]})
+        conn.execute(_UPDATE_ITEM, [{**values(i), "b_sku": i.sku} for i in updated])
+    links = [{"barcode": b, "sku": i.sku} for i in (*created, *updated) for b in i.barcodes]
+    if links:
+        conn.execute(_INSERT_BARCODES, links)

@@ -1,0 +1,201 @@
+"""Stock levels: reads, locks and writes. Writers lock level rows in (store, sku) order, always after the one
+reservation row they touch, so concurrent reservations, sales and imports cannot deadlock each other.
+
+On PostgreSQL a set of rows travels as arrays (`unnest`), so a write of any number of rows is one statement with
+one fixed text (prepared once by the server) instead of a statement per row; those statements go to the driver
+as they are, with parameters in binary (`%(name)b`: no text escaping of every array element)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, tuple_, update
+
+from stock.domain import ChangeReason, Level, LevelChange
+from stock.storage.tables import Db, driver_sql, insert_for, is_postgres, items, stock_levels, utc
+
+_sl = stock_levels
+_READ = select(_sl).where(_sl.c.store_id == bindparam("store_id"), _sl.c.sku.in_(bindparam("skus", expanding=True)))
+_LOCK = _READ.order_by(_sl.c.sku).with_for_update()
+_LOCK_KEYS_SQLITE = (
+    select(_sl)
+    .where(tuple_(_sl.c.store_id, _sl.c.sku).in_(bindparam("keys", expanding=True)))
+    .order_by(_sl.c.store_id, _sl.c.sku)
+)
+_LOCK_KEYS_PG = (
+    "SELECT store_id, sku, on_hand, reserved, updated_at FROM stock_levels"
+    " WHERE (store_id, sku) IN (SELECT * FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[])))"
+    " ORDER BY store_id, sku FOR UPDATE"
+)
+# Reserve's read: the store's level rows of these SKUs, locked in SKU order, and which SKUs are items (with their
+# reorder points), in one round trip.
+_LOCK_WITH_ITEMS_PG = (
+    "SELECT coalesce(lv.sku, it.sku) AS sku, lv.on_hand, lv.reserved, lv.updated_at,"
+    " it.sku IS NOT NULL AS is_item, it.reorder_point"
+    " FROM (SELECT sku, on_hand, reserved, updated_at FROM stock_levels"
+    "       WHERE store_id = %(store_id)b AND sku = ANY(CAST(%(skus)b AS text[])) ORDER BY sku FOR UPDATE) AS lv"
+    " FULL JOIN (SELECT sku, reorder_point FROM items WHERE sku = ANY(CAST(%(skus)b AS text[]))) AS it"
+    " ON it.sku = lv.sku"
+)
+_KNOWN = select(items.c.sku, items.c.reorder_point).where(items.c.sku.in_(bindparam("skus", expanding=True)))
+_WRITE_SQLITE = (
+    update(_sl)
+    .where(_sl.c.store_id == bindparam("b_store"), _sl.c.sku == bindparam("b_sku"))
+    .values(on_hand=bindparam("b_on_hand"), reserved=bindparam("b_reserved"), updated_at=bindparam("b_at"))
+)
+WRITE_PG_SQL = (
+    "UPDATE stock_levels AS l SET on_hand = v.on_hand, reserved = v.reserved, updated_at = v.updated_at"
+    " FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[]), CAST(%(on_hand)b AS bigint[]),"
+    "             CAST(%(reserved)b AS bigint[]), CAST(%(updated_at)b AS timestamptz[]))"
+    "      AS v(store_id, sku, on_hand, reserved, updated_at)"
+    " WHERE l.store_id = v.store_id AND l.sku = v.sku"
+)
+_INSERT_PG = (
+    "INSERT INTO stock_levels (store_id, sku, on_hand, reserved, updated_at)"
+    " SELECT * FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[]), CAST(%(on_hand)b AS bigint[]),"
+    "                      CAST(%(reserved)b AS bigint[]), CAST(%(updated_at)b AS timestamptz[]))"
+)
+_INSERT_SQLITE = _sl.insert()
+
+
+def _level(row: Any) -> Level:
+    return Level(row.store_id, row.sku, row.on_hand, row.reserved, utc(row.updated_at))
+
+
+def level_arrays(levels: Sequence[Level]) -> dict[str, list[Any]]:
+    return {
+        "stores": [lv.store_id for lv in levels],
+        "skus": [lv.sku for lv in levels],
+        "on_hand": [lv.on_hand for lv in levels],
+        "reserved": [lv.reserved for lv in levels],
+        "updated_at": [lv.updated_at for lv in levels],
+    }
+
+
+def read_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Level]:
+    if not skus:
+        return {}
+    return {row.sku: _level(row) for row in conn.execute(_READ, {"store_id": store_id, "skus": list(skus)})}
+
+
+def lock_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Level]:
+    """The existing level rows of these SKUs, locked in SKU order until the transaction ends."""
+    if not skus:
+        return {}
+    return {row.sku: _level(row) for row in conn.execute(_LOCK, {"store_id": store_id, "skus": sorted(skus)})}
+
+
+def lock_levels_of_items(
+    conn: Db, store_id: str, skus: Collection[str]
+) -> tuple[dict[str, Level], dict[str, int | None]]:
+    """`lock_levels`, plus SKU -> reorder point of those SKUs that are items."""
+    if not skus:
+        return {}, {}
+    if not is_postgres(conn):  # SQLite: the writer holds the database lock already
+        known = {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": list(skus)})}
+        return lock_levels(conn, store_id, skus), known
+    levels: dict[str, Level] = {}
+    known = {}
+    for row in driver_sql(conn, _LOCK_WITH_ITEMS_PG, {"store_id": store_id, "skus": sorted(skus)}):
+        if row.on_hand is not None:
+            levels[row.sku] = Level(store_id, row.sku, row.on_hand, row.reserved, utc(row.updated_at))
+        if row.is_item:
+            known[row.sku] = row.reorder_point
+    return levels, known
+
+
+def lock_level_keys(conn: Db, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], Level]:
+    """Existing level rows for (store, sku) keys, locked in key order (imports)."""
+    if not keys:
+        return {}
+    ordered = sorted(keys)
+    if is_postgres(conn):
+        rows = driver_sql(conn, _LOCK_KEYS_PG, {"stores": [k[0] for k in ordered], "skus": [k[1] for k in ordered]})
+    else:
+        rows = conn.execute(_LOCK_KEYS_SQLITE, {"keys": ordered})
+    return {(row.store_id, row.sku): _level(row) for row in rows}
+
+
+def create_levels(conn: Db, keys: Iterable[tuple[str, str]], now: datetime) -> None:
+    """Zero rows for levels that do not exist yet (a concurrent creator wins quietly)."""
+    rows = [
+        {"store_id": store, "sku": sku, "on_hand": 0, "reserved": 0, "updated_at": now} for store, sku in sorted(keys)
+    ]
+    if rows:
+        conn.execute(insert_for(conn, stock_levels).on_conflict_do_nothing(), rows)
+
+
+def write_levels(conn: Db, levels: Sequence[Level]) -> None:
+    """Store new quantities of level rows the caller has locked."""
+    if not levels:
+        return
+    if is_postgres(conn):
+        driver_sql(conn, WRITE_PG_SQL, level_arrays(levels))
+        return
+    conn.execute(
+        _WRITE_SQLITE,
+        [
+            {
+                "b_store": lv.store_id,
+                "b_sku": lv.sku,
+                "b_on_hand": lv.on_hand,
+                "b_reserved": lv.reserved,
+                "b_at": lv.updated_at,
+            }
+            for lv in levels
+        ],
+    )
+
+
+def insert_levels(conn: Db, levels: Sequence[Level]) -> None:
+    """Insert level rows that do not exist (the caller found them missing under lock)."""
+    if not levels:
+        return
+    if is_postgres(conn):
+        driver_sql(conn, _INSERT_PG, level_arrays(levels))
+        return
+    conn.execute(
+        _INSERT_SQLITE,
+        [
+            {
+                "store_id": lv.store_id,
+                "sku": lv.sku,
+                "on_hand": lv.on_hand,
+                "reserved": lv.reserved,
+                "updated_at": lv.updated_at,
+            }
+            for lv in levels
+        ],
+    )
+
+
+def move_levels(
+    conn: Db,
+    store_id: str,
+    moves: Mapping[str, tuple[int, int]],
+    *,
+    reason: ChangeReason | Mapping[str, ChangeReason],
+    reference_id: str,
+    now: datetime,
+    adjustment_reason: str = "",
+) -> list[LevelChange]:
+    """Apply (on_hand delta, reserved delta) per SKU, creating missing level rows; returns the changes.
+
+    `reason` is one for all, or one per SKU."""
+    moves = {sku: m for sku, m in moves.items() if m != (0, 0)}
+    locked = lock_levels(conn, store_id, moves)
+    missing = [sku for sku in moves if sku not in locked]
+    if missing:
+        create_levels(conn, ((store_id, sku) for sku in missing), now)
+        locked.update(lock_levels(conn, store_id, missing))
+    changes = []
+    for sku in sorted(moves):
+        before = locked[sku]
+        on_hand_delta, reserved_delta = moves[sku]
+        why = reason if isinstance(reason, ChangeReason) else reason[sku]
+        after = before.moved(on_hand_delta, reserved_delta, now)
+        changes.append(LevelChange(before, after, why, reference_id, adjustment_reason))
+    write_levels(conn, [c.after for c in changes])
+    return changes
