@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from stock import services
 from stock.services import StockPolicy
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.outbox import utcnow
+from storeplane_runtime.workers import ThreadWorker
 
 log = logging.getLogger(__name__)
 
 
-class ExpirySweeper:
+class ExpirySweeper(ThreadWorker):
     """Every `interval` seconds, expires due reservations `batch` at a time until none is left.
 
     Safe beside Release, BasketVoided, sales and other sweepers (replicas): a reservation leaves ACTIVE once,
     and only the transaction that moved it gives its units back.
     """
+
+    thread_name = "stock-expiry"
 
     def __init__(self, database: Database, policy: StockPolicy, *, interval: float, batch: int, source: str) -> None:
         self.database = database
@@ -26,8 +28,7 @@ class ExpirySweeper:
         self.interval = interval
         self.batch = batch
         self.source = source
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def sweep(self) -> int:
         """Expire everything due now; returns how many reservations expired."""
@@ -40,18 +41,6 @@ class ExpirySweeper:
             if count < self.batch:
                 break
         return total
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="stock-expiry", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):

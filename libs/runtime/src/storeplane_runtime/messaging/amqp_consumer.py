@@ -33,7 +33,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from storeplane_runtime import telemetry
 from storeplane_runtime.messaging.config import MessagingSettings
-from storeplane_runtime.messaging.consumers import InboxApplier, Outcome
+from storeplane_runtime.messaging.consumers import InboxApplier, Outcome, record_parked
 from storeplane_runtime.messaging.envelope import (
     ORIGIN_QUEUE_HEADER,
     PARKED_AT_HEADER,
@@ -211,17 +211,7 @@ class AmqpConsumer:
         self._publisher.basic_publish(
             "", self.queues.parked, envelope.payload, to_amqp(envelope, extra_headers=headers), mandatory=True
         )
-        telemetry.EVENTS_PARKED.labels(self.name, envelope.event_type).inc()
-        log.error(
-            "event parked",
-            extra={
-                "consumer": self.name,
-                "event_type": envelope.event_type,
-                "event_id": envelope.event_id,
-                "attempts": envelope.attempt,
-                "reason": outcome.reason,
-            },
-        )
+        record_parked(self.name, envelope, outcome.reason)
 
     def _drop_stale_work(self) -> None:
         try:

@@ -297,3 +297,18 @@ class InboxApplier:
                     return None
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def record_parked(consumer: str, envelope: Envelope, reason: str) -> None:
+    """Count and log an event that was parked (the same on RabbitMQ and on the in-process bus)."""
+    telemetry.EVENTS_PARKED.labels(consumer, envelope.event_type).inc()
+    log.error(
+        "event parked",
+        extra={
+            "consumer": consumer,
+            "event_type": envelope.event_type,
+            "event_id": envelope.event_id,
+            "attempts": envelope.attempt,
+            "reason": reason,
+        },
+    )

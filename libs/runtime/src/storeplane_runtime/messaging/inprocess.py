@@ -23,9 +23,10 @@ from datetime import UTC, datetime
 
 from storeplane_runtime import telemetry
 from storeplane_runtime.messaging.config import MessagingSettings
-from storeplane_runtime.messaging.consumers import InboxApplier
+from storeplane_runtime.messaging.consumers import InboxApplier, record_parked
 from storeplane_runtime.messaging.envelope import Envelope
 from storeplane_runtime.messaging.relay import OK, UNROUTABLE
+from storeplane_runtime.workers import ThreadWorker
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class InProcessPublisher:
         return None
 
 
-class InProcessConsumer:
+class InProcessConsumer(ThreadWorker):
     """A `Worker`: applies the events of its in-process queue, retrying with delay and parking like RabbitMQ."""
 
     def __init__(
@@ -215,20 +216,8 @@ class InProcessConsumer:
         self.settings = settings or MessagingSettings()
         self.name = applier.consumers.name
         self.queue = bus.bind(self.name, applier.consumers.event_types)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name=f"events-inprocess-{self.name}", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self.thread_name = f"events-inprocess-{self.name}"
+        super().__init__()
 
     def _run(self) -> None:
         delays = self.settings.events_retry_delays
@@ -249,15 +238,5 @@ class InProcessConsumer:
                         telemetry.EVENTS_RETRIED.labels(self.name, envelope.event_type).inc()
                     else:
                         self.queue.park(envelope, outcome.reason)
-                        telemetry.EVENTS_PARKED.labels(self.name, envelope.event_type).inc()
-                        log.error(
-                            "event parked",
-                            extra={
-                                "consumer": self.name,
-                                "event_type": envelope.event_type,
-                                "event_id": envelope.event_id,
-                                "attempts": envelope.attempt,
-                                "reason": outcome.reason,
-                            },
-                        )
+                        record_parked(self.name, envelope, outcome.reason)
                 self.queue.settle(item)
