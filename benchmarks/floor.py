@@ -1,7 +1,14 @@
-"""The floor: a bare grpcio unary echo on this machine (no interceptors, no protobuf decoding)."""
+"""The floor: a bare grpcio unary echo on this machine (no interceptors, no protobuf decoding).
+
+The echo server runs in a process of its own, as every measured service does: the floor is one round trip between
+two processes with nothing in between. The same echo with client and server in one process (sharing one GIL) is
+printed beside it for reference. `python -m benchmarks.floor` serves the echo and prints its port.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
@@ -52,19 +59,48 @@ def throughput(call: grpc.UnaryUnaryMultiCallable, payload: bytes, callers: int,
     return sum(done) / seconds
 
 
+def start_echo_process() -> tuple[subprocess.Popen[str], int]:
+    """The echo server in a child process; returns it and its port."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.floor"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise RuntimeError(f"echo server did not start: {line!r}")
+    return proc, int(line)
+
+
+def _measure(address: str, quick: bool) -> tuple[dict[str, float], float]:
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
+        payload = b"x" * 64
+        lat = summarise_latencies(sequential_latencies(call, payload, 500 if quick else 3000))
+        rate = throughput(call, payload, 16, 1.0 if quick else 3.0)
+    return lat, rate
+
+
 @scenario("floor_grpc_echo", group="floor")
 def floor_grpc_echo(bench: Bench) -> list[Figure]:
+    proc, port = start_echo_process()
+    try:
+        lat, rate = _measure(f"127.0.0.1:{port}", bench.quick)
+    finally:
+        proc.terminate()
+        proc.wait(10)
     server, port = start_echo_server()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(ECHO)
-            payload = b"x" * 64
-            lat = summarise_latencies(sequential_latencies(call, payload, 500 if bench.quick else 3000))
-            rate = throughput(call, payload, 16, 1.0 if bench.quick else 3.0)
+        same_process, _ = _measure(f"127.0.0.1:{port}", quick=True)
     finally:
         server.stop(0)
     return [
-        Figure("grpc_echo_p50_ms", lat["p50_ms"], "ms"),
+        Figure("grpc_echo_p50_ms", lat["p50_ms"], "ms", note="client and echo server in two processes"),
         Figure("grpc_echo_p99_ms", lat["p99_ms"], "ms"),
-        Figure("grpc_echo_calls_per_s_16", rate, "calls/s"),
+        Figure("grpc_echo_calls_per_s_16", rate, "calls/s", note="16 caller threads in one process"),
+        Figure("grpc_echo_same_process_p50_ms", same_process["p50_ms"], "ms", note="reference: one process, one GIL"),
     ]
+
+
+if __name__ == "__main__":
+    echo, bound = start_echo_server()
+    print(bound, flush=True)
+    echo.wait_for_termination()

@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from gateway.proxy import MethodKind, Router, backend_channel, descriptor_method_kind
 
@@ -463,3 +464,27 @@ def test_descriptor_method_kind_reads_the_default_pool() -> None:
     assert descriptor_method_kind("/grpc.health.v1.Health/Nope") is None
     assert descriptor_method_kind("/no.such.Service/Check") is None
     assert descriptor_method_kind("garbage") is None
+
+
+# --- metrics (the gateway runs without the services' interceptor: the Router counts its calls itself) ----------
+
+
+def _handled(method: str, code: str) -> float:
+    labels = {"grpc_service": SERVICE, "grpc_method": method, "grpc_code": code}
+    return REGISTRY.get_sample_value("storeplane_rpc_handled_total", labels) or 0.0
+
+
+def test_forwarded_calls_are_counted_by_method_and_status(gateway: grpc.Channel) -> None:
+    before = {
+        "ok": _handled("Echo", "OK"),
+        "failed": _handled("Fail", "FAILED_PRECONDITION"),
+        "stream": _handled("Split", "OK"),
+    }
+    uu(gateway, "Echo")(b"a", timeout=WAIT)
+    uu(gateway, "Echo")(b"b", timeout=WAIT)
+    with pytest.raises(grpc.RpcError):
+        uu(gateway, "Fail")(b"", timeout=WAIT)
+    assert list(us(gateway, "Split")(b"xy", timeout=WAIT)) == [b"x", b"y"]
+    assert _handled("Echo", "OK") == before["ok"] + 2
+    assert _handled("Fail", "FAILED_PRECONDITION") == before["failed"] + 1
+    assert _handled("Split", "OK") == before["stream"] + 1

@@ -19,7 +19,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor as otel_server
 from storeplane_runtime.errors import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
 from storeplane_runtime.interceptors import ServiceInterceptor
 from storeplane_runtime.settings import ServiceSettings
-from storeplane_runtime.telemetry import configure_tracing, serve_metrics
+from storeplane_runtime.telemetry import configure_tracing, serve_metrics, tracing_exported
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class ServiceHost:
     extra_service_names: Sequence[str] = ()
     error_table: ErrorTable = field(default_factory=lambda: BASE_ERROR_TABLE)
     interceptors: Sequence[grpc.ServerInterceptor] = ()
+    # False for a pure forwarder (the gateway): no domain-error mapping, deadline budget or per-call metrics
+    # interceptor (it keeps its own metrics), and a tracing interceptor only when spans are exported. Each
+    # interceptor wraps every call in Python: on a forwarding hop they cost as much as the hop itself.
+    standard_interceptors: bool = True
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Run when stopping begins, before the grace period: lets long-lived streams end cleanly instead of being cut.
     on_stopping: list[Callable[[], None]] = field(default_factory=list)
@@ -63,13 +67,17 @@ class ServiceHost:
         s = self.settings
         configure_tracing(s.service_name)
         serve_metrics(s.metrics_port)
-        chain: list[grpc.ServerInterceptor] = [
-            otel_server_interceptor(),
-            ServiceInterceptor(
-                ErrorMapper(domain=f"{s.service_name}.storeplane", table=self.error_table), s.default_deadline_seconds
-            ),
-            *self.interceptors,
-        ]
+        chain: list[grpc.ServerInterceptor] = []
+        if self.standard_interceptors or tracing_exported():
+            chain.append(otel_server_interceptor())
+        if self.standard_interceptors:
+            chain.append(
+                ServiceInterceptor(
+                    ErrorMapper(domain=f"{s.service_name}.storeplane", table=self.error_table),
+                    s.default_deadline_seconds,
+                )
+            )
+        chain.extend(self.interceptors)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.grpc_workers, thread_name_prefix=f"{s.service_name}-rpc"),
             interceptors=chain,

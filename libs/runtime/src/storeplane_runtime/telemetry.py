@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _configured = False
+_exporting = False
 _metrics_ports: set[int] = set()
 
 RPC_HANDLED = Counter(
@@ -60,7 +61,7 @@ def configure_tracing(service_name: str) -> None:
     """Install the tracer provider once per process. The exporter follows the standard variables:
     OTEL_TRACES_EXPORTER (otlp, console, none) and OTEL_EXPORTER_OTLP_ENDPOINT; with neither set, spans are
     made (trace ids reach logs and messages) but not exported."""
-    global _configured
+    global _configured, _exporting
     with _lock:
         if _configured:
             return
@@ -80,7 +81,12 @@ def configure_tracing(service_name: str) -> None:
 
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         trace.set_tracer_provider(provider)
-        _configured = True
+        _configured, _exporting = True, exporting
+
+
+def tracing_exported() -> bool:
+    """Whether spans go anywhere (decided by `configure_tracing`): hops may skip making their own otherwise."""
+    return _exporting
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:

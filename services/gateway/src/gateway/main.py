@@ -50,7 +50,9 @@ def create_app(settings: Settings) -> ServiceApp:
         service: channels.raw_channel(address) for service, address in backend_addresses(settings).items()
     }
     router = Router(routes, default_timeout=settings.default_deadline_seconds)
-    host = ServiceHost(settings, generic_handlers=[router], extra_service_names=list(routes))
+    host = ServiceHost(
+        settings, generic_handlers=[router], extra_service_names=list(routes), standard_interceptors=False
+    )
     host.on_stop.append(channels.close)
     return ServiceApp(NAME, settings, host)
 

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
 import grpc.experimental
 from google.protobuf import descriptor_pool
+from opentelemetry import propagate
+
+from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY, tracing_exported
 
 __all__ = ["MethodKind", "Router", "backend_channel", "descriptor_method_kind", "split_method"]
 
@@ -155,7 +159,36 @@ def _forward_metadata(context: grpc.ServicerContext) -> Metadata:
     incoming = context.invocation_metadata()
     forwarded = [str(value) for key, value in incoming if key == "x-forwarded-for"]
     forwarded.append(_peer_address(context.peer()))
-    return (*_relayable(incoming), ("x-forwarded-for", ", ".join(forwarded)))
+    relayed = _relayable(incoming)
+    if tracing_exported():
+        # The gateway's own span (its server interceptor runs when spans are exported) parents the backend's.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if carrier:
+            relayed = (*((k, v) for k, v in relayed if k not in carrier), *carrier.items())
+    return (*relayed, ("x-forwarded-for", ", ".join(forwarded)))
+
+
+class _Observed:
+    """Per-method call count (by status code) and latency: what the services' interceptor records for them."""
+
+    def __init__(self, service: str, name: str) -> None:
+        self._service, self._name = service, name
+        self._latency = RPC_LATENCY.labels(service, name)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def done(self, started: float, code: grpc.StatusCode) -> None:
+        self._latency.observe(time.perf_counter() - started)
+        counter = self._handled.get(code)
+        if counter is None:
+            counter = self._handled[code] = RPC_HANDLED.labels(self._service, self._name, code.name)
+        counter.inc()
+
+
+def _code_of(error: grpc.RpcError) -> grpc.StatusCode:
+    code = getattr(error, "code", None)
+    value = code() if callable(code) else None
+    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
 def _timeout(context: grpc.ServicerContext, default_timeout: float) -> float:
@@ -247,15 +280,18 @@ class Router(grpc.GenericRpcHandler):
             MethodKind.STREAM_UNARY: self._stream_unary,
             MethodKind.STREAM_STREAM: self._stream_stream,
         }[kind]
-        return builder(channel, method, parts[0])
+        return builder(channel, method, parts[0], _Observed(*parts))
 
-    def _unary_unary(self, channel: grpc.Channel, method: str, service: str) -> grpc.RpcMethodHandler:
+    def _unary_unary(
+        self, channel: grpc.Channel, method: str, service: str, observed: _Observed
+    ) -> grpc.RpcMethodHandler:
         # Issued as unary-stream: identical on the wire, but on a channel from backend_channel() the call
         # is driven by this handler thread (no channel spin-thread handoff) and can still be cancelled.
         upstream = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
         default_timeout = self._default_timeout
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            started = time.perf_counter()
             call: Any = upstream(
                 request, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context)
             )
@@ -264,34 +300,43 @@ class Router(grpc.GenericRpcHandler):
                 response: bytes | None = next(call, None)
                 extra = next(call, None)  # the status: a unary backend ends after one message
             except grpc.RpcError as error:
+                observed.done(started, _code_of(error))
                 _send_initial(context, call)
                 _relay_error(context, error, service)
             if response is None or extra is not None:
                 call.cancel()
+                observed.done(started, grpc.StatusCode.INTERNAL)
                 context.abort(grpc.StatusCode.INTERNAL, f"gateway: backend for {service} broke unary {method}")
             _send_initial(context, call)
             _set_trailing(context, call)
+            observed.done(started, grpc.StatusCode.OK)
             return response
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
-    def _unary_stream(self, channel: grpc.Channel, method: str, service: str) -> grpc.RpcMethodHandler:
+    def _unary_stream(
+        self, channel: grpc.Channel, method: str, service: str, observed: _Observed
+    ) -> grpc.RpcMethodHandler:
         upstream = channel.unary_stream(method, request_serializer=None, response_deserializer=None)
         default_timeout = self._default_timeout
 
         def forward(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            started = time.perf_counter()
             call = upstream(request, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context))
             _bind_cancel(context, call)
-            return _relay_server_stream(context, call, service)
+            return _relay_server_stream(context, call, service, observed, started)
 
         return grpc.unary_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
-    def _stream_unary(self, channel: grpc.Channel, method: str, service: str) -> grpc.RpcMethodHandler:
+    def _stream_unary(
+        self, channel: grpc.Channel, method: str, service: str, observed: _Observed
+    ) -> grpc.RpcMethodHandler:
         upstream = channel.stream_unary(method, request_serializer=None, response_deserializer=None)
         default_timeout = self._default_timeout
 
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
             # The caller's request iterator is handed on as is: gRPC reads it as the caller sends.
+            started = time.perf_counter()
             call = upstream.future(
                 requests, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context)
             )
@@ -299,59 +344,81 @@ class Router(grpc.GenericRpcHandler):
             try:
                 response: bytes = call.result()
             except grpc.RpcError as error:
+                observed.done(started, _code_of(error))
                 _send_initial(context, call)
                 _relay_error(context, error, service)
             except grpc.FutureCancelledError:
+                observed.done(started, grpc.StatusCode.CANCELLED)
                 context.abort(grpc.StatusCode.CANCELLED, "gateway: call cancelled")
             _send_initial(context, call)
             _set_trailing(context, call)
+            observed.done(started, grpc.StatusCode.OK)
             return response
 
         return grpc.stream_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
-    def _stream_stream(self, channel: grpc.Channel, method: str, service: str) -> grpc.RpcMethodHandler:
+    def _stream_stream(
+        self, channel: grpc.Channel, method: str, service: str, observed: _Observed
+    ) -> grpc.RpcMethodHandler:
         upstream = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
         default_timeout = self._default_timeout
 
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            started = time.perf_counter()
             call = upstream(requests, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context))
             _bind_cancel(context, call)
-            return _relay_bidi(context, call, service)
+            return _relay_bidi(context, call, service, observed, started)
 
         return grpc.stream_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
 
-def _relay_server_stream(context: grpc.ServicerContext, call: Any, service: str) -> Iterator[bytes]:
+def _relay_server_stream(
+    context: grpc.ServicerContext, call: Any, service: str, observed: _Observed, started: float
+) -> Iterator[bytes]:
     """Yield the backend's messages as they come; its headers go out with the first message.
 
     On a backend_channel() the call is single-threaded and its ``initial_metadata()`` would block while
     holding the call's lock (stalling a concurrent cancel), so headers are read once a message (or the
     end of the stream) has arrived, when they are known to be there.
     """
+    code = grpc.StatusCode.CANCELLED  # the caller went away mid-stream, unless the stream ends otherwise
     headers_sent = False
     try:
-        for message in call:
+        try:
+            for message in call:
+                if not headers_sent:
+                    _send_initial(context, call)
+                    headers_sent = True
+                yield message
+        except grpc.RpcError as error:
+            code = _code_of(error)
             if not headers_sent:
                 _send_initial(context, call)
-                headers_sent = True
-            yield message
-    except grpc.RpcError as error:
+            _relay_error(context, error, service)
         if not headers_sent:
             _send_initial(context, call)
-        _relay_error(context, error, service)
-    if not headers_sent:
-        _send_initial(context, call)
-    _set_trailing(context, call)
+        _set_trailing(context, call)
+        code = grpc.StatusCode.OK
+    finally:
+        observed.done(started, code)
 
 
-def _relay_bidi(context: grpc.ServicerContext, call: Any, service: str) -> Iterator[bytes]:
+def _relay_bidi(
+    context: grpc.ServicerContext, call: Any, service: str, observed: _Observed, started: float
+) -> Iterator[bytes]:
     """Yield the backend's messages as they come; its headers are relayed as soon as they arrive.
 
     Eagerly, because a bidi caller may wait for headers before sending its first message.
     """
+    code = grpc.StatusCode.CANCELLED
     try:
-        _send_initial(context, call)
-        yield from call
-    except grpc.RpcError as error:
-        _relay_error(context, error, service)
-    _set_trailing(context, call)
+        try:
+            _send_initial(context, call)
+            yield from call
+        except grpc.RpcError as error:
+            code = _code_of(error)
+            _relay_error(context, error, service)
+        _set_trailing(context, call)
+        code = grpc.StatusCode.OK
+    finally:
+        observed.done(started, code)
