@@ -1,12 +1,15 @@
-"""`storeplane events ...`: operator tools for the event backbone on RabbitMQ.
+"""`storeplane events ...`: operator tools for the event backbone, on RabbitMQ or on an embedded stack.
 
     storeplane events depths                       queue depths of every consuming service
     storeplane events parked stock                 list parked messages (type, id, reason, attempts)
     storeplane events replay stock [--id ID]       put parked messages back on `stock.events`
     storeplane events purge stock.events.parked    drop every message of a queue (asks to confirm)
 
-The broker is `--amqp-url` or AMQP_URL. The embedded stack's in-process bus has no broker to inspect:
-its parked events are logged (`event parked`) and kept in memory only.
+The broker is `--amqp-url` or AMQP_URL. Without one, the commands work on the embedded stack (`storeplane run`)
+whose data directory is `--data-dir` (DATA_DIR, default ./var): each consuming service holds its waiting retries
+and parked events in its own SQLite file there (`held_events`). They may run while the stack runs: it takes a
+replayed event up within a second (or at its next start). Its ready events are in the running process's memory
+and not shown.
 """
 
 from __future__ import annotations
@@ -14,23 +17,30 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 import pika
 import pika.exceptions
+from sqlalchemy import inspect
 
+from storeplane_cli.stack import default_data_dir
+from storeplane_runtime.db import Database
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.envelope import ORIGIN_QUEUE_HEADER, Envelope, from_amqp, to_amqp
+from storeplane_runtime.messaging.holds import PARKED, WAITING, HeldEvents
 from storeplane_runtime.messaging.topology import QueueNames, known_services
+from storeplane_runtime.outbox import held_events_table
 
 
 @dataclass(frozen=True)
 class QueueDepth:
     queue: str
     messages: int
-    consumers: int
+    consumers: int | None  # None: not known (an embedded stack's held events)
 
 
 @dataclass(frozen=True)
@@ -138,13 +148,83 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
+# embedded stack ------------------------------------------------------------------------------------------
+
+
+class NoHeldEvents(Exception):
+    """A service's held events cannot be read from the data directory (one-line message)."""
+
+
+@contextmanager
+def held_events(data_dir: Path, service: str) -> Iterator[HeldEvents]:
+    """The held events of `service` in the embedded stack's SQLite file of it under `data_dir`."""
+    path = data_dir / f"{service}.db"
+    if not path.is_file():  # never create one: a mistyped service or directory must say so
+        raise NoHeldEvents(f"{service}: no database at {path}")
+    database = Database(f"sqlite:///{path}")
+    try:
+        if not inspect(database.engine).has_table(held_events_table.name):
+            raise NoHeldEvents(f"{service}: {path} has no held events yet (start the stack once to upgrade it)")
+        yield HeldEvents(database, service)
+    finally:
+        database.dispose()
+
+
+def held_depths(data_dir: Path, services: Sequence[str] = ()) -> list[QueueDepth]:
+    """Waiting retries (`<svc>.events.retry`) and parked events of each service with a database under `data_dir`."""
+    rows: list[QueueDepth] = []
+    for service in services or known_services():
+        try:
+            with held_events(data_dir, service) as held:
+                counts = held.counts()
+        except NoHeldEvents:
+            if services:
+                raise
+            continue
+        names = _names(service)
+        rows.append(QueueDepth(f"{names.main}.retry", counts[WAITING], None))
+        rows.append(QueueDepth(names.parked, counts[PARKED], None))
+    return rows
+
+
+def list_held_parked(data_dir: Path, service: str, limit: int = 100) -> list[ParkedMessage]:
+    with held_events(data_dir, service) as held:
+        return [
+            ParkedMessage(p.envelope.event_type, p.envelope.event_id, p.reason, p.envelope.attempt)
+            for p in held.parked(limit)
+        ]
+
+
+def replay_held(data_dir: Path, service: str, *, event_ids: Sequence[str] = ()) -> int:
+    with held_events(data_dir, service) as held:
+        return held.replay(event_ids)
+
+
+def purge_held(data_dir: Path, queue: str) -> int:
+    """`<svc>.events.parked` drops the parked events, `<svc>.events.retry[...]` the ones waiting for a retry."""
+    service, _, kind = queue.partition(".events.")
+    state = PARKED if kind == "parked" else WAITING if kind.split(".")[0] == "retry" else ""
+    if not service or not state:
+        raise NoHeldEvents(f"{queue}: an embedded stack holds only <service>.events.parked and <service>.events.retry")
+    with held_events(data_dir, service) as held:
+        return held.purge(state)
+
+
 # command line --------------------------------------------------------------------------------------------
 
 
 def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Register `events` and its subcommands on the `storeplane` parser."""
-    events = sub.add_parser("events", parents=list(parents), help="operate the event bus (RabbitMQ)")
+    events = sub.add_parser(
+        "events", parents=list(parents), help="operate the event bus (RabbitMQ, or an embedded stack's data)"
+    )
     events.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default: AMQP_URL")
+    events.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="without a broker: the embedded stack's data directory (default: DATA_DIR or ./var)",
+    )
     inner = events.add_subparsers(dest="events_command", required=True)
     depths = inner.add_parser("depths", help="queue depths of the consuming services")
     depths.add_argument("services", nargs="*")
@@ -163,26 +243,50 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
     purge_cmd.set_defaults(func=cmd_purge)
 
 
-def _url(args: argparse.Namespace) -> str:
-    if not args.amqp_url:
-        print("storeplane events: no broker: set AMQP_URL or pass --amqp-url", file=sys.stderr)
+def _embedded(args: argparse.Namespace) -> bool:
+    """No broker: the commands work on the embedded stack's data directory, which must exist."""
+    if args.amqp_url:
+        return False
+    if not any((args.data_dir / f"{s}.db").is_file() for s in known_services()):
+        print(
+            "storeplane events: no broker: set AMQP_URL or pass --amqp-url "
+            f"(or --data-dir of an embedded stack: none at {args.data_dir})",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
-    return str(args.amqp_url)
+    return True
+
+
+def _unavailable(exc: NoHeldEvents) -> int:
+    print(f"storeplane events: {exc}", file=sys.stderr)
+    return 1
 
 
 def cmd_depths(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    rows = queue_depths(_url(args), args.services)
+    if _embedded(args):
+        try:
+            rows = held_depths(args.data_dir, args.services)
+        except NoHeldEvents as exc:
+            return _unavailable(exc)
+    else:
+        rows = queue_depths(str(args.amqp_url), args.services)
     print(f"{'queue':<40} {'messages':>9} {'consumers':>9}", file=out)
     for row in rows:
-        print(f"{row.queue:<40} {row.messages:>9} {row.consumers:>9}", file=out)
+        consumers = "-" if row.consumers is None else row.consumers
+        print(f"{row.queue:<40} {row.messages:>9} {consumers:>9}", file=out)
     return 0
 
 
 def cmd_parked(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
-        rows = list_parked(_url(args), args.service, args.limit)
+        if _embedded(args):
+            rows = list_held_parked(args.data_dir, args.service, args.limit)
+        else:
+            rows = list_parked(str(args.amqp_url), args.service, args.limit)
+    except NoHeldEvents as exc:
+        return _unavailable(exc)
     except pika.exceptions.ChannelClosedByBroker as exc:
         print(f"storeplane events: {args.service}: {exc.reply_text}", file=sys.stderr)
         return 1
@@ -195,17 +299,26 @@ def cmd_parked(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 def cmd_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    embedded = _embedded(args)
     try:
-        moved = replay_parked(_url(args), args.service, event_ids=args.event_ids)
+        if embedded:
+            moved = replay_held(args.data_dir, args.service, event_ids=args.event_ids)
+        else:
+            moved = replay_parked(str(args.amqp_url), args.service, event_ids=args.event_ids)
+    except NoHeldEvents as exc:
+        return _unavailable(exc)
     except pika.exceptions.ChannelClosedByBroker as exc:
         print(f"storeplane events: {args.service}: {exc.reply_text}", file=sys.stderr)
         return 1
     print(f"{moved} message(s) replayed to {args.service}.events", file=out)
+    if embedded and moved:
+        print("the running stack applies them within a second; a stopped one when it starts", file=out)
     return 0
 
 
 def cmd_purge(args: argparse.Namespace, out: TextIO | None = None, ask: Callable[[str], str] = input) -> int:
     out = out or sys.stdout
+    embedded = _embedded(args)
     if not args.yes:
         try:
             answer = ask(f"Purge every message of {args.queue}? Type the queue name to confirm: ")
@@ -215,7 +328,9 @@ def cmd_purge(args: argparse.Namespace, out: TextIO | None = None, ask: Callable
             print("not purged", file=out)
             return 1
     try:
-        purged = purge(_url(args), args.queue)
+        purged = purge_held(args.data_dir, args.queue) if embedded else purge(str(args.amqp_url), args.queue)
+    except NoHeldEvents as exc:
+        return _unavailable(exc)
     except pika.exceptions.ChannelClosedByBroker as exc:
         print(f"storeplane events: {args.queue}: {exc.reply_text}", file=sys.stderr)
         return 1

@@ -25,9 +25,30 @@ def test_migrations_upgrade_a_fresh_database_to_head(service: str, database_url:
         state = migrations.ensure_schema(db.engine, script, service=service, auto_migrate=True)
         assert state.at_head
         tables = set(inspect(db.engine).get_table_names())
-        assert {"outbox", "inbox", "idempotency_keys", "alembic_version"} <= tables
+        assert {"outbox", "inbox", "held_events", "idempotency_keys", "alembic_version"} <= tables
         # Running again is a no-op.
         assert migrations.ensure_schema(db.engine, script, service=service, auto_migrate=True).at_head
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_messaging_tables_the_migrations_create_match_the_model(service: str, database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from storeplane_runtime.outbox import messaging_metadata
+
+    def messaging_only(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+        return table in messaging_metadata.tables
+
+    db = Database(database_url)
+    try:
+        migrations.upgrade(db.engine, ROOT / "services" / service / "migrations")
+        with db.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": messaging_only})
+            assert compare_metadata(context, messaging_metadata) == []
     finally:
         db.dispose()
 

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, MetaData, inspect, text
 
-from storeplane_runtime.outbox import messaging_metadata
+from storeplane_runtime.outbox import (
+    held_events_table,
+    idempotency_table,
+    inbox_table,
+    messaging_metadata,
+    outbox_table,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -139,14 +145,32 @@ def run_env(target_metadata: MetaData | None = None) -> None:
         connection.commit()
 
 
+# The tables of a service's first revision, named: a table added to `messaging_metadata` since has a revision of its
+# own, and a fresh database must not get it from the first one.
+_FIRST_MESSAGING_TABLES = [outbox_table, inbox_table, idempotency_table]
+
+
 def create_messaging_tables() -> None:
     """For a service's first migration: the outbox, inbox and idempotency tables."""
     from alembic import op
 
-    messaging_metadata.create_all(bind=op.get_bind())
+    messaging_metadata.create_all(bind=op.get_bind(), tables=_FIRST_MESSAGING_TABLES)
 
 
 def drop_messaging_tables() -> None:
     from alembic import op
 
-    messaging_metadata.drop_all(bind=op.get_bind())
+    messaging_metadata.drop_all(bind=op.get_bind(), tables=_FIRST_MESSAGING_TABLES)
+
+
+def create_held_events_table() -> None:
+    """For a later migration: the events the in-process bus's consumers hold (waiting for a retry, parked)."""
+    from alembic import op
+
+    held_events_table.create(bind=op.get_bind())
+
+
+def drop_held_events_table() -> None:
+    from alembic import op
+
+    held_events_table.drop(bind=op.get_bind())

@@ -1,7 +1,8 @@
-"""Outbox, inbox and idempotency tables every service has, and how events are written to the outbox.
+"""Outbox, inbox, held-events and idempotency tables every service has, and how events are written to the outbox.
 
 Rows are written in the caller's transaction; the relay (messaging) publishes them later. The inbox
-records which events a consumer has applied, so a redelivered event has no second effect.
+records which events a consumer has applied, so a redelivered event has no second effect. Held events are the
+in-process bus's retry schedule and parking list (what RabbitMQ keeps in durable queues).
 """
 
 from __future__ import annotations
@@ -73,6 +74,29 @@ inbox_table = Table(
     Column("processed_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("consumer", "event_id"),
 )
+
+# Events a consumer of the in-process bus has taken into custody: waiting for a retry (`due_at`) or parked
+# (`reason`, `held_at`). A full envelope, so that the event survives a restart after the relay marked it sent.
+held_events_table = Table(
+    "held_events",
+    messaging_metadata,
+    Column("consumer", String(100), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("subject", String(200), nullable=False),
+    Column("store_id", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("trace_headers", JSON, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),  # "waiting" (for a retry) or "parked"
+    Column("attempt", Integer, nullable=False),  # waiting: the attempt it is due for; parked: the last one made
+    Column("due_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=False),  # the last failure
+    Column("held_at", DateTime(timezone=True), nullable=False),  # when it took its present state
+    PrimaryKeyConstraint("consumer", "event_id"),
+)
+Index("ix_held_events_due", held_events_table.c.consumer, held_events_table.c.state, held_events_table.c.due_at)
 
 idempotency_table = Table(
     "idempotency_keys",

@@ -251,7 +251,7 @@ class Pipeline:
             return [Parked(p.event_id, p.reason, p.attempts) for p in events_cli.list_parked(self.url, self.name)]
         return [
             Parked(p.envelope.event_id, p.reason, p.envelope.attempt)
-            for p in list(self.consumer.queue.parked)  # type: ignore[attr-defined]
+            for p in self.consumer.held.parked()  # type: ignore[attr-defined]
         ]
 
     def replay(self) -> int:
@@ -259,7 +259,7 @@ class Pipeline:
             from storeplane_cli import events as events_cli
 
             return events_cli.replay_parked(self.url, self.name)
-        return int(self.consumer.queue.replay_parked())  # type: ignore[attr-defined]
+        return int(self.consumer.replay_parked())  # type: ignore[attr-defined]
 
     def publish(self, *sale_ids: str) -> list[str]:
         """Commit one SaleCompleted per id, in one transaction; returns the event ids."""

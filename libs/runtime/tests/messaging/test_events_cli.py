@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pika
 import pytest
@@ -177,8 +178,9 @@ def test_parked_lists_type_id_reason_and_attempts_and_leaves_them_parked(
     assert _depth(pipeline.url, f"{pipeline.name}.events.parked") == 2
 
 
-def test_commands_without_a_broker_url_say_so() -> None:
-    done = _cli(["events", "depths"])
+def test_commands_without_a_broker_url_say_so(tmp_path: Path) -> None:
+    # (and without an embedded stack's data: test_inprocess_restart.py has the commands on one)
+    done = _cli(["events", "--data-dir", str(tmp_path / "none"), "depths"])
     assert done.returncode == 2
     assert "no broker: set AMQP_URL or pass --amqp-url" in done.stderr
 

@@ -109,13 +109,13 @@ def test_a_poison_event_is_retried_then_parked_while_the_others_flow_and_replay_
     try:
         checkout.publish_sales(200)
         wait_until(lambda: stock.effects()[1] == 199, 10, "good events")
-        wait_until(lambda: len(worker.queue.parked) == 1, 10, "poison parked")
-        parked = worker.queue.parked[0]
+        wait_until(lambda: len(worker.held.parked()) == 1, 10, "poison parked")
+        parked = worker.held.parked()[0]
         assert parked.envelope.attempt == FAST.max_attempts
         assert "cannot apply sale S0" in parked.reason
         assert rec.seen.count("S0") == FAST.max_attempts
         rec.poison.clear()
-        assert worker.queue.replay_parked() == 1
+        assert worker.replay_parked() == 1
         wait_until(lambda: stock.effects()[1] == 200, 10, "replayed event applied")
     finally:
         relay.stop()

@@ -5,26 +5,29 @@ consumer, whose handler runs in stock's own database with stock's inbox. A consu
 its app is built (like a durable queue), so events published before it starts wait for it.
 
 Delivery guarantee: the relay marks an outbox row sent only after every bound consumer has settled the event —
-committed it with its inbox row, or taken it into its retry schedule or parking list. A crash before that
-publishes the event again after restart (the inbox makes it harmless). Retry schedules and parked events live in
-memory: a process that stops forgets them (the embedded stack is a development mode; parked events are logged).
+committed it with its inbox row, or committed a hold on it (waiting for a retry, or parked) to its own database
+(messaging/holds.py). A crash before that publishes the event again after restart (the inbox makes it harmless);
+after it, the consumer takes its holds up again when it starts: due retries run, parked events wait for an operator
+(`storeplane events parked|replay|purge` on the data directory). Only the ready events live in memory, and the
+relay still owns those (not marked sent yet).
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from storeplane_runtime import telemetry
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.consumers import InboxApplier, record_parked
 from storeplane_runtime.messaging.envelope import Envelope
+from storeplane_runtime.messaging.holds import PARKED, WAITING, HeldEvents, Hold
 from storeplane_runtime.messaging.relay import OK, UNROUTABLE
 from storeplane_runtime.workers import ThreadWorker
 
@@ -50,28 +53,19 @@ class _Settlement:
 
 
 @dataclass
-class ParkedEvent:
-    envelope: Envelope
-    reason: str
-    parked_at: datetime
-
-
-@dataclass
 class _Item:
     envelope: Envelope
     waiters: list[_Settlement] = field(default_factory=list)
+    held: bool = False  # taken up from the consumer's held events (a due retry)
 
 
 class InProcessQueue:
-    """The queue of one consuming service: ready events, a retry schedule, and the parked list."""
+    """The ready events of one consuming service (its retries and parked events are held in its database)."""
 
     def __init__(self, name: str, event_types: Sequence[str]) -> None:
         self.name = name
         self.event_types = frozenset(event_types)
-        self.parked: list[ParkedEvent] = []
         self._ready: dict[str, _Item] = {}  # by event id, in arrival order; a repeat joins the waiting one
-        self._retries: list[tuple[float, int, Envelope]] = []
-        self._counter = itertools.count()
         self._cond = threading.Condition()
 
     def put(self, envelope: Envelope, settlement: _Settlement | None) -> None:
@@ -84,49 +78,23 @@ class InProcessQueue:
             self._cond.notify()
 
     def take(self, limit: int, timeout: float) -> list[_Item]:
-        """Up to `limit` ready items (moving due retries in first); waits up to `timeout` for one."""
+        """Up to `limit` ready items; waits up to `timeout` for one."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                now = time.monotonic()
-                while self._retries and self._retries[0][0] <= now:
-                    _, _, envelope = heapq.heappop(self._retries)
-                    self._ready.setdefault(envelope.event_id, _Item(envelope))
+            while limit > 0:
                 if self._ready:
                     ids = list(itertools.islice(self._ready, limit))
                     return [self._ready.pop(i) for i in ids]
-                wait = deadline - now
-                if self._retries:
-                    wait = min(wait, self._retries[0][0] - now)
+                wait = deadline - time.monotonic()
                 if wait <= 0:
-                    return []
+                    break
                 self._cond.wait(wait)
+            return []
 
     def settle(self, item: _Item) -> None:
         with self._cond:
             for waiter in item.waiters:
                 waiter.settle()
-
-    def schedule_retry(self, envelope: Envelope, delay: float) -> None:
-        with self._cond:
-            heapq.heappush(self._retries, (time.monotonic() + delay, next(self._counter), envelope))
-            self._cond.notify()
-
-    def park(self, envelope: Envelope, reason: str) -> None:
-        with self._cond:
-            self.parked.append(ParkedEvent(envelope, reason, datetime.now(UTC)))
-
-    def replay_parked(self) -> int:
-        """Put every parked event back as a first attempt; returns how many."""
-        with self._cond:
-            parked, self.parked = self.parked, []
-        for p in parked:
-            self.put(replace(p.envelope, attempt=1, reason=""), None)
-        return len(parked)
-
-    def depth(self) -> dict[str, int]:
-        with self._cond:
-            return {"ready": len(self._ready), "retrying": len(self._retries), "parked": len(self.parked)}
 
 
 class InProcessBus:
@@ -139,11 +107,7 @@ class InProcessBus:
     def bind(self, name: str, event_types: Sequence[str]) -> InProcessQueue:
         """The queue `name`, created on first use (and rebound to `event_types`)."""
         with self._lock:
-            existing = self._queues.get(name)
-            queue = InProcessQueue(name, event_types)
-            if existing is not None:
-                queue.parked = existing.parked
-            self._queues[name] = queue
+            queue = self._queues[name] = InProcessQueue(name, event_types)
             return queue
 
     def unbind(self, name: str) -> None:
@@ -205,8 +169,14 @@ class InProcessPublisher:
         return None
 
 
+T = TypeVar("T")
+# How often a consumer looks for holds changed from outside (an operator's replay) when none of its own falls due.
+HELD_POLL_SECONDS = 1.0
+
+
 class InProcessConsumer(ThreadWorker):
-    """A `Worker`: applies the events of its in-process queue, retrying with delay and parking like RabbitMQ."""
+    """A `Worker`: applies the events of its in-process queue, retrying with delay and parking like RabbitMQ; both
+    kinds of hold are kept in the consumer's database, so they outlive the process."""
 
     def __init__(
         self, applier: InboxApplier, *, bus: InProcessBus = BUS, settings: MessagingSettings | None = None
@@ -216,27 +186,118 @@ class InProcessConsumer(ThreadWorker):
         self.settings = settings or MessagingSettings()
         self.name = applier.consumers.name
         self.queue = bus.bind(self.name, applier.consumers.event_types)
+        self.held = HeldEvents(applier.database, self.name)
         self.thread_name = f"events-inprocess-{self.name}"
+        self._held_ids: set[str] = set()  # every event held (or more: an operator may have purged some)
+        self._look_now = threading.Event()
         super().__init__()
 
+    def replay_parked(self, event_ids: Collection[str] = ()) -> int:
+        """Parked events (all, or those with the given ids) due again as a first attempt; returns how many."""
+        count = self.held.replay(event_ids)
+        self._look_now.set()
+        return count
+
     def _run(self) -> None:
-        delays = self.settings.events_retry_delays
+        try:
+            self._loop()
+        except _Stopped:
+            return
+
+    def _loop(self) -> None:
+        # Taken up from the last run: waiting retries are looked for below, parked events wait for an operator.
+        self._held_ids, counts = self._until_done(lambda: (self.held.held_ids(), self.held.counts()))
+        if counts[PARKED]:
+            log.warning("consumer has parked events", extra={"consumer": self.name, **counts})
+        next_look = 0.0  # monotonic time to look for due retries in the database
+        limit = self.settings.events_batch_size
         while not self._stopping.is_set():
-            items = self.queue.take(self.settings.events_batch_size, timeout=0.2)
+            items: list[_Item] = []
+            now = time.monotonic()
+            if now >= next_look or self._look_now.is_set():
+                self._look_now.clear()
+                envelopes, next_due = self._until_done(lambda: self.held.due(limit))
+                items = [_Item(e, held=True) for e in envelopes]
+                next_look = now + HELD_POLL_SECONDS
+                if next_due is not None:
+                    next_look = min(next_look, now + (next_due - datetime.now(UTC)).total_seconds())
+            wait = 0.0 if items else min(0.2, max(0.0, next_look - time.monotonic()))
+            items = _merged(items + self.queue.take(limit - len(items), timeout=wait))
             if not items:
                 continue
-            outcomes = self.applier.apply_until_done([i.envelope for i in items], self._stopping.is_set)
-            if outcomes is None:
-                for item in items:  # not applied: leave them to the next start (the relay republishes)
+            soonest = self._apply(items)
+            next_look = min(next_look, time.monotonic() + soonest)
+
+    def _apply(self, items: list[_Item]) -> float:
+        """Apply a batch, then hold what failed and settle; returns the delay of the soonest retry it scheduled
+        (inf if none). Raises `_Stopped` when asked to stop before it was done (what was not settled is delivered
+        again after the next start)."""
+        outcomes = self.applier.apply_until_done([i.envelope for i in items], self._stopping.is_set)
+        if outcomes is None:
+            for item in items:  # not applied: leave them to the next start (the relay republishes)
+                if not item.held:
                     self.queue.put(item.envelope, None)
-                return
-            for item, outcome in zip(items, outcomes, strict=True):
-                envelope = item.envelope
-                if outcome.failed:
-                    if not outcome.final and envelope.attempt <= len(delays):
-                        self.queue.schedule_retry(envelope.next_attempt(), delays[envelope.attempt - 1])
-                        telemetry.EVENTS_RETRIED.labels(self.name, envelope.event_type).inc()
-                    else:
-                        self.queue.park(envelope, outcome.reason)
-                        record_parked(self.name, envelope, outcome.reason)
+            raise _Stopped
+        delays = self.settings.events_retry_delays
+        new: list[Hold] = []
+        copies: list[Hold] = []
+        changed: list[Hold] = []
+        released: list[str] = []
+        failed: list[_Item] = []
+        soonest = float("inf")
+        for item, outcome in zip(items, outcomes, strict=True):
+            envelope = item.envelope
+            if not outcome.failed:
+                if item.held or envelope.event_id in self._held_ids:
+                    released.append(envelope.event_id)  # applied (now or before): its hold is done with
                 self.queue.settle(item)
+                continue
+            failed.append(item)
+            if not outcome.final and envelope.attempt <= len(delays):
+                delay = delays[envelope.attempt - 1]
+                soonest = min(soonest, delay)
+                due = datetime.now(UTC) + timedelta(seconds=delay)
+                hold = Hold(envelope.next_attempt(), WAITING, outcome.reason, due)
+            else:
+                hold = Hold(envelope, PARKED, outcome.reason)
+            # A copy of an event held already (delivered again by the relay) does not take a second hold: its
+            # insert yields to the hold there is (and is not counted as a retry or a parking of its own).
+            (changed if item.held else copies if envelope.event_id in self._held_ids else new).append(hold)
+        if new or copies or changed or released:
+            self._until_done(lambda: self.held.record([*new, *copies], changed, released))
+            self._held_ids.difference_update(released)
+            self._held_ids.update(h.envelope.event_id for h in new)
+        for hold in (*new, *changed):
+            if hold.state == WAITING:
+                telemetry.EVENTS_RETRIED.labels(self.name, hold.envelope.event_type).inc()
+            else:
+                record_parked(self.name, hold.envelope, hold.reason)
+        for item in failed:
+            self.queue.settle(item)  # only now: its hold has committed
+        return soonest
+
+    def _until_done(self, work: Callable[[], T]) -> T:
+        """`work()` on the database, retried with backoff while it is unreachable; `_Stopped` if asked to stop."""
+        delay = 0.2
+        while True:
+            try:
+                return work()
+            except Exception:
+                log.warning("consumer cannot reach its held events, retrying", exc_info=True)
+                if self._stopping.wait(delay):
+                    raise _Stopped from None
+                delay = min(delay * 2, 10.0)
+
+
+class _Stopped(Exception):
+    """The consumer was asked to stop while waiting for its database."""
+
+
+def _merged(items: list[_Item]) -> list[_Item]:
+    """One item per event id: a copy delivered while its held retry fell due joins the held one."""
+    by_id: dict[str, _Item] = {}
+    for item in items:
+        first = by_id.setdefault(item.envelope.event_id, item)
+        if first is not item:
+            first.waiters.extend(item.waiters)
+    return list(by_id.values())
