@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from opentelemetry import trace
 
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from storeplane_runtime.errors import (
@@ -39,6 +40,9 @@ class FaultyStock(stock_pb2_grpc.StockServiceServicer):
             raise ZeroDivisionError("secret internal detail")
         if request.sku == "abort":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "not your store")
+        if request.sku == "trace":  # the trace context the handler runs in (what its logs and events carry)
+            span = trace.get_current_span().get_span_context()
+            return stock_pb2.GetItemResponse(tax_class=f"{span.trace_id:032x}-{span.span_id:016x}")
         return stock_pb2.GetItemResponse()
 
     def Reserve(self, request: stock_pb2.ReserveRequest, context: grpc.ServicerContext) -> stock_pb2.ReserveResponse:
@@ -132,3 +136,26 @@ def test_health_reports_each_service_and_reflection_lists_them(stock_channel: gr
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     services = set(ProtoReflectionDescriptorDatabase(stock_channel).get_services())
     assert {STOCK, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+
+
+def _trace_seen(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
+    reply = stock_pb2_grpc.StockServiceStub(channel).GetItem(
+        stock_pb2.GetItemRequest(sku="trace"), timeout=5, metadata=metadata
+    )
+    trace_id, _, span_id = reply.tax_class.partition("-")
+    return trace_id, span_id
+
+
+def test_a_call_runs_in_the_callers_trace_with_a_span_id_of_its_own(stock_channel: grpc.Channel) -> None:
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    trace_id, span_id = _trace_seen(stock_channel, (("traceparent", f"00-{caller_trace}-{caller_span}-01"),))
+    assert trace_id == caller_trace
+    assert span_id not in {caller_span, "0" * 16}
+
+
+def test_a_call_without_trace_context_gets_a_new_trace_each_time(stock_channel: grpc.Channel) -> None:
+    first, second = _trace_seen(stock_channel)[0], _trace_seen(stock_channel)[0]
+    assert first != "0" * 32 and second != "0" * 32
+    assert first != second
+    # A malformed traceparent is ignored, not an error.
+    assert _trace_seen(stock_channel, (("traceparent", "garbage"),))[0] != "0" * 32

@@ -68,13 +68,15 @@ class ServiceHost:
         configure_tracing(s.service_name)
         serve_metrics(s.metrics_port)
         chain: list[grpc.ServerInterceptor] = []
-        if self.standard_interceptors or tracing_exported():
+        exported = tracing_exported()
+        if exported:  # spans go somewhere: OpenTelemetry's interceptor makes them
             chain.append(otel_server_interceptor())
         if self.standard_interceptors:
             chain.append(
                 ServiceInterceptor(
                     ErrorMapper(domain=f"{s.service_name}.storeplane", table=self.error_table),
                     s.default_deadline_seconds,
+                    trace_context=not exported,  # trace ids for logs and events, without spans
                 )
             )
         chain.extend(self.interceptors)

@@ -169,3 +169,19 @@ def test_the_trace_of_the_publishing_span_reaches_the_handler(
         worker.stop()
     assert rec.traceparents == [trace_id]
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_events_no_consumer_is_bound_to_are_marked_sent_as_unroutable(
+    make_db: Callable[[str], ServiceDb], make_postgres_url: Callable[[], str], tmp_path: object
+) -> None:
+    for url in (f"sqlite:///{tmp_path}/lonely.db", make_postgres_url()):
+        lonely = make_db(url)
+        relay = OutboxRelay(lonely.database, InProcessPublisher(InProcessBus()), service="checkout", settings=FAST)
+        lonely.publish_sales(30, per_commit=10)
+        while relay.relay_once():
+            pass
+        with lonely.database.engine.connect() as conn:
+            rows = conn.execute(select(outbox_table.c.sent_at, outbox_table.c.last_error)).all()
+        assert len(rows) == 30, url
+        assert all(r.sent_at is not None and r.last_error.startswith("unroutable") for r in rows), url
+        assert relay.published == 30

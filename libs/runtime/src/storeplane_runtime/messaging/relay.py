@@ -42,6 +42,10 @@ _PG_MARK_SENT = text(
     f"WITH settings AS (SELECT set_config('synchronous_commit', 'off', true)) "
     f"UPDATE {outbox_table.name} SET sent_at = :now FROM settings WHERE id = ANY(CAST(:ids AS bigint[]))"
 )
+_PG_MARK_UNROUTABLE = text(
+    f"UPDATE {outbox_table.name} SET sent_at = :now, last_error = :error WHERE id = ANY(CAST(:ids AS bigint[]))"
+)
+_UNROUTABLE = "unroutable: no queue bound to this event type"
 
 
 class Publisher(Protocol):
@@ -236,7 +240,14 @@ class OutboxRelay:
 
     def _run(self) -> None:
         failures = 0
+        last_pass = float("-inf")
+        backlog = False
         while not self._stopping.is_set():
+            if not backlog:  # woken by a commit: let the commits of the next few milliseconds join this pass
+                pause = self.settings.outbox_coalesce_seconds - (time.monotonic() - last_pass)
+                if pause > 0 and self._stopping.wait(pause):
+                    break
+            last_pass = time.monotonic()
             self._wake.clear()
             try:
                 self._housekeeping()
@@ -252,7 +263,8 @@ class OutboxRelay:
                 )
                 self._stopping.wait(delay)
                 continue
-            if sent >= self.settings.outbox_batch_size or self._wake.is_set():
+            backlog = sent >= self.settings.outbox_batch_size
+            if backlog or self._wake.is_set():
                 continue
             self.publisher.idle(self.settings.outbox_poll_seconds, self._wake)
 
@@ -300,11 +312,13 @@ class OutboxRelay:
             conn.execute(update(outbox_table).where(outbox_table.c.id.in_(sent)).values(sent_at=now))
         if unroutable:
             # Nothing is bound to this type: republishing cannot help. Reported by log and metric, kept as sent.
-            conn.execute(
-                update(outbox_table)
-                .where(outbox_table.c.id.in_([r.id for r in unroutable]))
-                .values(sent_at=now, last_error="unroutable: no queue bound to this event type")
-            )
+            ids = [r.id for r in unroutable]
+            if conn.dialect.name == "postgresql":
+                conn.execute(_PG_MARK_UNROUTABLE, {"now": now, "error": _UNROUTABLE, "ids": ids})
+            else:
+                conn.execute(
+                    update(outbox_table).where(outbox_table.c.id.in_(ids)).values(sent_at=now, last_error=_UNROUTABLE)
+                )
         for row, error in failed:
             conn.execute(
                 update(outbox_table)
