@@ -5,8 +5,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
+import pytest
+from sqlalchemy import text
 from stock_kit import BERLIN, ZURICH, RunningStock, item, load, reserve_request
 
 from pos.stock.v1 import stock_pb2
@@ -58,3 +61,70 @@ def test_watch_ends_cleanly_when_the_server_stops(stock: RunningStock) -> None:
     assert got.get(timeout=5) is None  # the stream ended with OK, not cut off after the grace period
     assert time.monotonic() - started < 3
     assert call.code() == grpc.StatusCode.OK
+
+
+# --- several replicas on one PostgreSQL database --------------------------------------------------------------
+
+
+@pytest.fixture
+def replicas(make_postgres_url: Callable[[], str], make_stock: Callable[..., RunningStock]) -> tuple[RunningStock, ...]:
+    url = make_postgres_url()
+    return make_stock(url), make_stock(url)
+
+
+def test_a_watcher_on_one_replica_sees_a_change_committed_by_another(replicas: tuple[RunningStock, ...]) -> None:
+    writer, watched = replicas
+    load(writer.stub, [item("SHOE")], {(BERLIN, "SHOE"): 5})
+    call = watched.stub.WatchStock(stock_pb2.WatchStockRequest(store_id=BERLIN))
+    call.initial_metadata()
+    got = _reader(call)
+    writer.stub.Reserve(reserve_request("basket-on-a", {"SHOE": 2}))
+    change = got.get(timeout=5)
+    assert (change.sku, change.reserved, change.available, change.reference_id) == ("SHOE", 2, 3, "basket-on-a")
+    watched.stub.Reserve(reserve_request("basket-on-b", {"SHOE": 1}))  # its own commits: seen once, not twice
+    assert got.get(timeout=5).reference_id == "basket-on-b"
+    time.sleep(0.3)
+    assert got.empty()
+    call.cancel()
+
+
+def test_watchers_are_cut_off_when_the_replica_may_have_missed_changes(replicas: tuple[RunningStock, ...]) -> None:
+    writer, watched = replicas
+    call = watched.stub.WatchStock(stock_pb2.WatchStockRequest(store_id=BERLIN))
+    call.initial_metadata()
+    got = _reader(call)
+    assert writer.app.database is not None
+    with writer.app.database.engine.connect() as conn:  # the listening connection of both replicas drops
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            )
+        )
+        conn.commit()
+    ended = got.get(timeout=5)
+    assert isinstance(ended, grpc.RpcError)
+    assert ended.code() is grpc.StatusCode.UNAVAILABLE
+    assert "re-read levels" in (ended.details() or "")
+    # The feed listens again and watching works again.
+    deadline = time.monotonic() + 10
+    while not watched.servicer.watch.available():
+        assert time.monotonic() < deadline, "the replica's feed did not listen again"
+        time.sleep(0.02)
+    again = watched.stub.WatchStock(stock_pb2.WatchStockRequest(store_id=BERLIN))
+    again.initial_metadata()
+    got_again = _reader(again)
+    load(writer.stub, [item("BOOT")], {(BERLIN, "BOOT"): 4})
+    assert got_again.get(timeout=5).sku == "BOOT"
+    again.cancel()
+
+
+def test_a_hub_whose_feed_is_down_refuses_new_watchers() -> None:
+    from stock.watch import StockWatch
+    from storeplane_runtime.errors import Unavailable
+
+    hub = StockWatch()
+    hub.available = lambda: False
+    with pytest.raises(Unavailable):
+        hub.subscribe(BERLIN)
+    assert hub.subscriber_count() == 0

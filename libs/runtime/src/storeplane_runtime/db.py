@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -60,11 +60,17 @@ class Database:
         self._committed_hooks: list[Callable[[], None]] = []
         self._event_listeners: list[Callable[[Sequence[outbox.PendingEvent]], None]] = []
         self._hooks_lock = threading.Lock()
+        # Event types whose commits every process on this PostgreSQL database is told of (see broadcast.py).
+        self.broadcast_types: frozenset[str] = frozenset()
 
     def on_events_committed(self, hook: Callable[[], None]) -> None:
         """Call `hook` after each commit that wrote outbox rows (the relay uses it to wake at once)."""
         with self._hooks_lock:
             self._committed_hooks.append(hook)
+
+    def broadcast(self, *event_types: str) -> None:
+        """On PostgreSQL, notify the committed events of these types to every listening process (replicas)."""
+        self.broadcast_types = self.broadcast_types | frozenset(event_types)
 
     def on_committed_events(self, listener: Callable[[Sequence[outbox.PendingEvent]], None]) -> None:
         """Call `listener` with the events of each commit that wrote some, after the commit (in-process fan-out,
@@ -167,20 +173,30 @@ class UnitOfWork:
         finally:
             self.session.close()
 
+    @property
+    def trace_headers(self) -> dict[str, str]:
+        """The trace context every event of this transaction carries, captured once (message headers)."""
+        if self._trace_headers is None:
+            self._trace_headers = outbox.trace_headers()
+        return self._trace_headers
+
     def publish(self, event: Message, *, subject: str = "", store_id: str = "") -> str:
         """Queue `event` for the outbox of this transaction; returns its event id."""
-        if self._trace_headers is None:  # one trace context for every event of the transaction
-            self._trace_headers = outbox.trace_headers()
         pending = outbox.prepare(
-            event, source=self.source, subject=subject, store_id=store_id, headers=self._trace_headers
+            event, source=self.source, subject=subject, store_id=store_id, headers=self.trace_headers
         )
         self._pending.append(pending)
         return pending.event_id
 
+    def publish_prepared(self, events: Iterable[outbox.PendingEvent]) -> None:
+        """Queue events the caller prepared itself, in order (bulk writers that build thousands of events of one
+        shape at once, with this unit of work's `source` and `trace_headers`)."""
+        self._pending.extend(events)
+
     def commit(self) -> None:
         written = self._pending
         if written:
-            outbox.write(self.connection, written)
+            outbox.write(self.connection, written, self.database.broadcast_types)
             self._pending = []
         self.session.commit()
         self._committed = True

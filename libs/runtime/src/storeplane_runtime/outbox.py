@@ -34,6 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from storeplane_runtime.broadcast import CHANNEL, MAX_PAYLOAD_BYTES, encode_sql
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -216,14 +218,27 @@ _INSERT_PG = (
 )
 
 
-def write(connection: Connection | Session, events: Sequence[PendingEvent]) -> None:
-    """Insert the events as outbox rows in the connection's (or session's) transaction."""
+# The same insert, and a notification of each inserted event of a broadcast type (see storeplane_runtime.broadcast).
+_INSERT_PG_BROADCAST = (
+    f"WITH ins AS ({_INSERT_PG} RETURNING event_type, payload)"
+    f" SELECT count(pg_notify('{CHANNEL}', {encode_sql})) FROM ins"
+    f" WHERE ins.event_type = ANY(CAST(%(broadcast)b AS text[])) AND length(ins.payload) < {MAX_PAYLOAD_BYTES}"
+)
+
+
+def write(
+    connection: Connection | Session, events: Sequence[PendingEvent], broadcast: frozenset[str] = frozenset()
+) -> None:
+    """Insert the events as outbox rows in the connection's (or session's) transaction. On PostgreSQL, events of
+    the `broadcast` types are also notified to every listening process (at commit)."""
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if bind.dialect.name == "postgresql":
         encoded: dict[int, str] = {}  # a unit of work shares one headers dict among its events: encode it once
+        told = [t for t in broadcast if any(e.event_type == t for e in events)] if broadcast else []
         (connection.connection() if isinstance(connection, Session) else connection).exec_driver_sql(
-            _INSERT_PG,
+            _INSERT_PG_BROADCAST if told else _INSERT_PG,
             {
+                **({"broadcast": told} if told else {}),
                 "event_ids": [e.event_id for e in events],
                 "event_types": [e.event_type for e in events],
                 "sources": [e.source for e in events],

@@ -35,7 +35,7 @@ from stock.services import StockPolicy
 from stock.settings import StockSettings
 from stock.watch import StockWatch
 from storeplane_runtime.db import Database, UnitOfWork
-from storeplane_runtime.errors import BASE_ERROR_TABLE, InvalidInput
+from storeplane_runtime.errors import BASE_ERROR_TABLE, InvalidInput, Unavailable
 from storeplane_runtime.idempotency import run_once
 from storeplane_runtime.outbox import utcnow
 from storeplane_runtime.stores import Store
@@ -296,6 +296,8 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                     yield stock_pb2.WatchStockResponse(change=change)
             if subscription.overflowed:
                 raise WatcherFellBehind("the watcher read too slowly and missed changes; re-read levels, watch again")
+            if subscription.missed:
+                raise Unavailable("live stock changes were interrupted on this server; re-read levels, watch again")
         finally:
             subscription.close()
 

@@ -8,11 +8,13 @@ from datetime import timedelta
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from stock.api import ERROR_TABLE, NAME, StockServicer
 from stock.consumers import stock_consumers
+from stock.events import STOCK_LEVEL_CHANGED
 from stock.expiry import ExpirySweeper
 from stock.services import StockPolicy
 from stock.settings import StockSettings
 from stock.watch import StockWatch
 from storeplane_runtime.app import ServiceApp, command_line
+from storeplane_runtime.broadcast import CommittedEventsFeed
 from storeplane_runtime.server import Registration
 from storeplane_runtime.stores import load_stores
 
@@ -44,7 +46,13 @@ def create_app(settings: StockSettings) -> ServiceApp:
     )
     assert app.database is not None
     servicer.database = app.database  # the app owns the database; the servicer gets it once it exists
-    app.database.on_committed_events(watch.committed)
+    if app.database.is_sqlite:  # one process: its own commits are all the commits
+        app.database.on_committed_events(watch.committed)
+    else:  # replicas: every replica's level changes, through the database
+        app.database.broadcast(STOCK_LEVEL_CHANGED)
+        feed = CommittedEventsFeed(app.database.url, [STOCK_LEVEL_CHANGED], watch.changed, on_gap=watch.cut_off)
+        watch.available = feed.live.is_set
+        app.workers.append(feed)
     app.database.on_committed_events(servicer.items.committed)
     app.host.on_stopping.append(watch.stop)
     app.workers.append(

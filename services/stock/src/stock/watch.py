@@ -1,8 +1,15 @@
-"""Live stock: committed level changes fanned out in process to WatchStock subscribers.
+"""Live stock: committed level changes fanned out to WatchStock subscribers.
 
-Fed by the database's committed-events listener (the StockLevelChanged events each commit wrote to its outbox),
-so a watcher sees exactly what was committed, in commit order, without any query per client. Each subscriber has
-a bounded queue; one that falls behind is cut off (it must re-read levels) rather than slowing the writers.
+Fed with the StockLevelChanged events each commit wrote to its outbox, so a watcher sees exactly what was committed,
+in commit order, without any query per client. Where they come from depends on the database:
+
+* SQLite (one process): the database's committed-events listener, on the committing thread (`committed`);
+* PostgreSQL (any number of replicas): every replica's commits, through the database's notifications
+  (`storeplane_runtime.broadcast`, `changed`). While that feed is down the hub is unavailable: watchers are cut off
+  (they must re-read levels and watch again) and new ones are refused, since changes could be missed.
+
+Each subscriber has a bounded queue; one that falls behind is cut off (it must re-read levels) rather than slowing
+the writers.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from pos.stock.v1 import events_pb2, stock_pb2
 from stock.events import STOCK_LEVEL_CHANGED
+from storeplane_runtime.errors import Unavailable
 from storeplane_runtime.outbox import PendingEvent
 
 _CLOSED = object()
@@ -28,6 +36,7 @@ class Subscription:
         self.skus = frozenset(skus)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
         self.overflowed = False
+        self.missed = False  # cut off because the hub's feed lost changes
         self.closed = False
 
     def offer(self, change: stock_pb2.StockLevelChange) -> None:
@@ -69,8 +78,12 @@ class StockWatch:
         self._by_store: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        # Whether every committed change reaches this hub (false while a replica's feed reconnects).
+        self.available: Callable[[], bool] = lambda: True
 
     def subscribe(self, store_id: str, skus: Collection[str] = ()) -> Subscription:
+        if not self.available():
+            raise Unavailable("live stock changes are not available on this server right now; retry shortly")
         subscription = Subscription(self, store_id, skus, self.capacity)
         with self._lock:
             self._by_store.setdefault(store_id, set()).add(subscription)
@@ -89,19 +102,39 @@ class StockWatch:
             return sum(len(s) for s in self._by_store.values())
 
     def committed(self, written: Sequence[PendingEvent]) -> None:
-        """Database listener: called after each commit with the events it wrote (on the committing thread)."""
+        """Database listener (SQLite): called after each commit with the events it wrote (on the committing thread)."""
         if not self._by_store:
             return
         for pending in written:
-            if pending.event_type != STOCK_LEVEL_CHANGED:
-                continue
-            with self._lock:
-                subscribers = list(self._by_store.get(pending.store_id, ()))
-            if not subscribers:
-                continue
-            change = events_pb2.StockLevelChanged.FromString(pending.payload).change
-            for subscription in subscribers:
-                subscription.offer(change)
+            if pending.event_type == STOCK_LEVEL_CHANGED:
+                self._offer(pending.store_id, pending.payload)
+
+    def changed(self, event_type: str, payload: bytes) -> None:
+        """Feed handler (PostgreSQL): one committed StockLevelChanged of any replica, in commit order."""
+        if event_type == STOCK_LEVEL_CHANGED and self._by_store:
+            self._offer("", payload)
+
+    def _offer(self, store_id: str, payload: bytes) -> None:
+        change: stock_pb2.StockLevelChange | None = None
+        if not store_id:
+            change = events_pb2.StockLevelChanged.FromString(payload).change
+            store_id = change.store_id
+        with self._lock:
+            subscribers = list(self._by_store.get(store_id, ()))
+        if not subscribers:
+            return
+        if change is None:
+            change = events_pb2.StockLevelChanged.FromString(payload).change
+        for subscription in subscribers:
+            subscription.offer(change)
+
+    def cut_off(self) -> None:
+        """End every stream (they may have missed changes): their clients re-read levels and watch again."""
+        with self._lock:
+            subscribers = [s for group in self._by_store.values() for s in group]
+        for subscription in subscribers:
+            subscription.missed = True
+            subscription.close()
 
     def stop(self) -> None:
         """End every stream cleanly (server shutdown)."""

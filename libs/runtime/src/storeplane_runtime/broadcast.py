@@ -1,0 +1,142 @@
+"""Committed events of chosen types, told to every process that uses the same PostgreSQL database.
+
+`Database.on_committed_events` sees the commits of its own process only. A service that runs several replicas and
+streams live changes to clients (stock's WatchStock) needs every replica's commits. On PostgreSQL the outbox insert
+of a unit of work that writes such events also calls `pg_notify` for each of them, in the same statement and the
+same transaction (see `outbox.write`): PostgreSQL delivers the notifications at commit, in commit order, to every
+listening session, and never for a transaction that rolled back. `CommittedEventsFeed` is that listening session:
+a worker thread with a connection of its own that hands each event to the service.
+
+No notification outlives a dropped listening connection, so a feed that lost its connection reports a gap
+(`on_gap`) and is not `live` until it listens again: a consumer must then treat what it streamed as incomplete.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import threading
+from collections.abc import Callable, Collection
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from storeplane_runtime.workers import ThreadWorker
+
+__all__ = ["CHANNEL", "CommittedEventsFeed", "decode", "encode_sql"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "storeplane_committed_events"
+# pg_notify refuses payloads of 8000 bytes or more; larger events are not broadcast (the feed's users take small
+# ones: level changes). Base64 grows a payload by a third.
+MAX_PAYLOAD_BYTES = 5000
+
+# The SQL expression of one notification for an outbox row `ins` (event_type and payload columns).
+encode_sql = "ins.event_type || ' ' || encode(ins.payload, 'base64')"
+
+
+def decode(payload: str) -> tuple[str, bytes]:
+    """A notification's payload -> (event type, the event's protobuf bytes)."""
+    event_type, _, body = payload.partition(" ")
+    return event_type, base64.b64decode(body)
+
+
+class CommittedEventsFeed(ThreadWorker):
+    """Listens on the database for broadcast events and calls `on_event(event_type, payload)` for those of
+    `event_types`, on the feed's thread, in commit order. `on_gap()` is called when the connection is lost."""
+
+    thread_name = "committed-events-feed"
+
+    def __init__(
+        self,
+        database_url: str,
+        event_types: Collection[str],
+        on_event: Callable[[str, bytes], None],
+        *,
+        on_gap: Callable[[], None] = lambda: None,
+        reconnect_max_seconds: float = 5.0,
+        start_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.event_types = frozenset(event_types)
+        self.on_event = on_event
+        self.on_gap = on_gap
+        self.reconnect_max_seconds = reconnect_max_seconds
+        self.start_timeout = start_timeout
+        self.live = threading.Event()  # listening: every broadcast committed from now on will be seen
+        self.connections_opened = 0
+        self._connection: psycopg.Connection | None = None
+
+    def start(self) -> None:
+        """Start listening; waits (up to `start_timeout`) for the first LISTEN, so a service that starts serving
+        right after has a complete feed."""
+        super().start()
+        if not self.live.wait(self.start_timeout):
+            log.warning("committed-events feed not listening yet; live streams refuse until it is")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.cancel_safe(timeout=2)  # ends a blocking wait for notifications
+            except Exception:  # closed meanwhile
+                log.debug("feed connection already gone")
+        super().stop()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+                failures = 0
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                failures += 1
+                delay = min(self.reconnect_max_seconds, 0.1 * 2 ** min(failures, 8)) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "committed-events feed lost its connection, reconnecting",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "retry_in": delay},
+                )
+                self._stopping.wait(delay)
+
+    def _listen(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as connection:
+            self._connection = connection
+            try:
+                connection.execute(f"LISTEN {CHANNEL}")
+                self.connections_opened += 1
+                self.live.set()
+                while not self._stopping.is_set():
+                    for notify in connection.notifies(timeout=1.0):
+                        self._deliver(notify.payload)
+                        if self._stopping.is_set():
+                            break
+            finally:
+                self._connection = None
+                if self.live.is_set():
+                    self.live.clear()
+                    if not self._stopping.is_set():
+                        self._gap()
+
+    def _deliver(self, payload: str) -> None:
+        try:
+            event_type, body = decode(payload)
+        except ValueError:
+            log.warning("undecodable broadcast ignored", extra={"payload": payload[:100]})
+            return
+        if event_type in self.event_types:
+            try:
+                self.on_event(event_type, body)
+            except Exception:
+                log.exception("committed-events feed handler failed")
+
+    def _gap(self) -> None:
+        try:
+            self.on_gap()
+        except Exception:
+            log.exception("committed-events feed gap handler failed")

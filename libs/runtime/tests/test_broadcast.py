@@ -1,0 +1,115 @@
+"""Committed events told to every process on the same PostgreSQL database: the feed over a real server."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from pos.stock.v1 import events_pb2, stock_pb2
+from storeplane_runtime import migrations
+from storeplane_runtime.broadcast import CommittedEventsFeed
+from storeplane_runtime.db import Database, UnitOfWork
+
+MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
+CHANGED = events_pb2.StockLevelChanged.DESCRIPTOR.full_name
+LOW = events_pb2.StockLow.DESCRIPTOR.full_name
+
+
+def _changed(sku: str, on_hand: int) -> events_pb2.StockLevelChanged:
+    return events_pb2.StockLevelChanged(
+        change=stock_pb2.StockLevelChange(store_id="berlin-mitte", sku=sku, on_hand=on_hand)
+    )
+
+
+def _commit(db: Database, *events: object, roll_back: bool = False) -> None:
+    with UnitOfWork(db, source="stock") as uow:
+        for event in events:
+            uow.publish(event)  # type: ignore[arg-type]
+        if roll_back:
+            uow.rollback()
+        else:
+            uow.commit()
+
+
+@pytest.fixture
+def replicas(make_postgres_url: Callable[[], str]) -> Iterator[tuple[Database, str]]:
+    """One replica's database handle (broadcasting level changes) and the URL another replica listens on."""
+    url = make_postgres_url()
+    writer = Database(url)
+    migrations.upgrade(writer.engine, MIGRATIONS)
+    writer.broadcast(CHANGED)
+    yield writer, url
+    writer.dispose()
+
+
+def _feed(url: str) -> tuple[CommittedEventsFeed, queue.Queue[tuple[str, int]], list[bool]]:
+    got: queue.Queue[tuple[str, int]] = queue.Queue()
+    gaps: list[bool] = []
+
+    def on_event(event_type: str, payload: bytes) -> None:
+        change = events_pb2.StockLevelChanged.FromString(payload).change
+        got.put((change.sku, change.on_hand))
+
+    feed = CommittedEventsFeed(url, [CHANGED], on_event, on_gap=lambda: gaps.append(True), reconnect_max_seconds=0.2)
+    feed.start()
+    assert feed.live.is_set()
+    return feed, got, gaps
+
+
+def _drain(got: queue.Queue[tuple[str, int]], count: int) -> list[tuple[str, int]]:
+    return [got.get(timeout=5) for _ in range(count)]
+
+
+def test_another_process_sees_committed_broadcasts_in_commit_order_and_nothing_else(
+    replicas: tuple[Database, str],
+) -> None:
+    writer, url = replicas
+    feed, got, _ = _feed(url)
+    try:
+        _commit(writer, _changed("A", 1), _changed("B", 2))
+        _commit(writer, _changed("X", 99), roll_back=True)  # rolled back: never told
+        _commit(writer, events_pb2.StockLow(store_id="berlin-mitte", sku="A"))  # not a broadcast type
+        _commit(writer, _changed("A", 3))
+        assert _drain(got, 3) == [("A", 1), ("B", 2), ("A", 3)]
+        time.sleep(0.2)
+        assert got.empty()
+    finally:
+        feed.stop()
+
+
+def test_a_lost_connection_is_reported_as_a_gap_and_the_feed_listens_again(replicas: tuple[Database, str]) -> None:
+    writer, url = replicas
+    feed, got, gaps = _feed(url)
+    try:
+        with writer.engine.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                )
+            )
+            conn.commit()
+        deadline = time.monotonic() + 10
+        while not (gaps and feed.live.is_set() and feed.connections_opened == 2):
+            assert time.monotonic() < deadline, "the feed did not report the gap and listen again"
+            time.sleep(0.02)
+        _commit(writer, _changed("C", 5))
+        assert _drain(got, 1) == [("C", 5)]
+    finally:
+        feed.stop()
+    assert not feed.live.is_set()
+
+
+def test_broadcast_types_change_nothing_on_sqlite(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path}/stock.db")
+    migrations.upgrade(db.engine, MIGRATIONS)
+    db.broadcast(CHANGED)
+    _commit(db, _changed("A", 1))  # no NOTIFY on SQLite: the write simply succeeds
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 1
+    db.dispose()
