@@ -152,6 +152,21 @@ def test_every_rpc_declares_known_scopes_of_its_own_service(pos_files: list[File
     assert not problems, "\n".join(problems)
 
 
+def _store_paths(auth) -> list[str]:  # type: ignore[no-untyped-def]
+    return [auth.store_field or "store_id", *auth.store_fields]
+
+
+def _paths_to_store_ids(message: Descriptor, prefix: str = "", seen: tuple[str, ...] = ()) -> Iterator[str]:
+    """Dotted paths of every field named `store_id` in `message`, through (repeated) message fields."""
+    for field in message.fields:
+        nested = field.message_type
+        if nested is None:
+            if field.name == "store_id":
+                yield prefix + field.name
+        elif nested.full_name not in seen and not nested.full_name.startswith("google.protobuf."):
+            yield from _paths_to_store_ids(nested, f"{prefix}{field.name}.", (*seen, nested.full_name))
+
+
 def test_store_scoped_rpcs_name_a_string_store_field(pos_files: list[FileDescriptor]) -> None:
     problems = []
     for method in _methods(pos_files):
@@ -160,11 +175,28 @@ def test_store_scoped_rpcs_name_a_string_store_field(pos_files: list[FileDescrip
             continue
         request = method.input_type
         if auth.store_scoped:
-            field = _field_at(request, auth.store_field or "store_id")
-            if field is None or field.type != FieldDescriptor.TYPE_STRING:
-                problems.append(f"{method.full_name}: store field {auth.store_field or 'store_id'!r} missing")
+            for path in _store_paths(auth):
+                field = _field_at(request, path)
+                if field is None or field.type != FieldDescriptor.TYPE_STRING or field.is_repeated:
+                    problems.append(f"{method.full_name}: store field {path!r} missing")
         elif "store_id" in request.fields_by_name:
             problems.append(f"{method.full_name}: request names store_id but is not store_scoped")
+        elif auth.store_field or auth.store_fields:
+            problems.append(f"{method.full_name}: store fields declared but the RPC is not store_scoped")
+    assert not problems, "\n".join(problems)
+
+
+def test_store_scoped_rpcs_check_every_store_id_the_request_carries(pos_files: list[FileDescriptor]) -> None:
+    """A store id the declaration does not name (e.g. in a batch of rows) would escape the store check."""
+    problems = []
+    for method in _methods(pos_files):
+        auth = _auth(method)
+        if auth is None or not auth.store_scoped:
+            continue
+        declared = set(_store_paths(auth))
+        for path in _paths_to_store_ids(method.input_type):
+            if path not in declared:
+                problems.append(f"{method.full_name}: {path!r} is not among the store fields {sorted(declared)}")
     assert not problems, "\n".join(problems)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from stock_kit import BERLIN, TOKYO, RunningStock, item
+from stock_kit import BERLIN, TOKYO, ZURICH, RunningStock, item, level, load, reserve_request
 
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2
@@ -101,3 +101,179 @@ def test_item_import_rejects_bad_rows_and_keeps_the_good_ones(stock: RunningStoc
     with pytest.raises(grpc.RpcError) as caught:
         stock.stub.ImportItems(iter(stock_pb2.ImportItemsRequest(request_id="it-2", item=r) for r in rows), timeout=30)
     assert details_of(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+# --- batched rows (`rows` / `items`) ----------------------------------------------------------------------------
+
+
+def _level_row(store: str, sku: str, on_hand: int) -> stock_pb2.StockLevelRow:
+    return stock_pb2.StockLevelRow(store_id=store, sku=sku, on_hand=on_hand)
+
+
+def _level_events(stock: RunningStock) -> list[tuple[str, object]]:
+    """(event type, decoded event) of every stock level event in the outbox, in outbox order."""
+    from sqlalchemy import select
+
+    from pos.stock.v1 import events_pb2
+    from storeplane_runtime.outbox import outbox_table as t
+
+    decoders = {
+        "pos.stock.v1.StockLevelChanged": events_pb2.StockLevelChanged,
+        "pos.stock.v1.StockLow": events_pb2.StockLow,
+    }
+    assert stock.app.database is not None
+    with stock.app.database.engine.connect() as conn:
+        rows = conn.execute(select(t.c.event_type, t.c.payload).order_by(t.c.id)).all()
+    return [(r.event_type, decoders[r.event_type].FromString(r.payload)) for r in rows if r.event_type in decoders]
+
+
+def test_single_and_batched_rows_are_numbered_across_the_stream(stock: RunningStock) -> None:
+    stock.stub.ImportItems(
+        iter([stock_pb2.ImportItemsRequest(request_id="it", items=[item(f"S-{i}") for i in range(6)])]), timeout=30
+    )
+    stream = [
+        # row, then rows: numbers 1..4
+        stock_pb2.ImportStockLevelsRequest(
+            request_id="mixed",
+            row=_level_row(BERLIN, "S-0", 5),
+            rows=[_level_row(BERLIN, "S-1", 6), _level_row("atlantis", "S-2", 7), _level_row(TOKYO, "S-3", 8)],
+        ),
+        stock_pb2.ImportStockLevelsRequest(request_id="mixed"),  # no row at all: counts nothing
+        # rows only: numbers 5..8; the last one sets S-0 again (later rows win)
+        stock_pb2.ImportStockLevelsRequest(
+            rows=[
+                _level_row(BERLIN, "GHOST", 1),
+                _level_row(BERLIN, "S-4", -1),
+                _level_row(BERLIN, "S-5", 3),
+                _level_row(BERLIN, "S-0", 11),
+            ]
+        ),
+        stock_pb2.ImportStockLevelsRequest(request_id="mixed", row=_level_row(BERLIN, "", 1)),  # 9
+        stock_pb2.ImportStockLevelsRequest(request_id="other", rows=[_level_row(BERLIN, "S-4", 2)]),  # 10
+        stock_pb2.ImportStockLevelsRequest(row=_level_row(TOKYO, "S-4", 0)),  # 11: a new level of 0
+    ]
+    summary = stock.stub.ImportStockLevels(iter(stream), timeout=30).summary
+    assert (summary.received, summary.created, summary.updated, summary.unchanged, summary.rejected) == (11, 5, 1, 0, 5)
+    assert [(r.row_number, r.key, r.reason) for r in summary.rejected_rows] == [
+        (3, "atlantis/S-2", "unknown store 'atlantis'"),
+        (5, "berlin-mitte/GHOST", "unknown SKU GHOST"),
+        (6, "berlin-mitte/S-4", "on_hand must be between 0 and 1000000000"),
+        (9, "berlin-mitte/", "sku is empty"),
+        (10, "berlin-mitte/S-4", "request_id differs from the first message's"),
+    ]
+    assert [level(stock.stub, f"S-{i}").on_hand for i in (0, 1, 4, 5)] == [11, 6, 0, 3]
+    assert level(stock.stub, "S-3", TOKYO).on_hand == 8
+
+    # One StockLevelChanged per changed row, in row order, with the quantities before and after.
+    changes = [e.change for kind, e in _level_events(stock) if kind == "pos.stock.v1.StockLevelChanged"]  # type: ignore[attr-defined]
+    assert [(c.store_id, c.sku, c.on_hand, c.on_hand_delta) for c in changes] == [
+        (BERLIN, "S-0", 5, 5),
+        (BERLIN, "S-1", 6, 6),
+        (TOKYO, "S-3", 8, 8),
+        (BERLIN, "S-5", 3, 3),
+        (BERLIN, "S-0", 11, 6),
+    ]
+    assert {(c.reason, c.reference_id) for c in changes} == {(stock_pb2.STOCK_CHANGE_REASON_IMPORT, "mixed")}
+
+
+def test_rejections_found_while_applying_a_chunk_carry_the_row_number_of_the_stream(
+    make_stock, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    stock: RunningStock = make_stock(database_url, import_chunk_rows=3)  # several chunks per message
+    stock.stub.ImportItems(
+        iter([stock_pb2.ImportItemsRequest(request_id="it", items=[item(f"K-{i}") for i in range(10)])]), timeout=30
+    )
+    skus = ["K-0", "K-1", "NOPE-1", "K-2", "K-3", "K-4", "K-5", "NOPE-2", "K-6", "K-7", "K-8", "NOPE-3"]
+    stream = [
+        stock_pb2.ImportStockLevelsRequest(request_id="chunks", rows=[_level_row(ZURICH, s, 4) for s in skus[:5]]),
+        stock_pb2.ImportStockLevelsRequest(request_id="chunks", rows=[_level_row(ZURICH, s, 4) for s in skus[5:]]),
+    ]
+    summary = stock.stub.ImportStockLevels(iter(stream), timeout=30).summary
+    assert (summary.received, summary.created, summary.rejected) == (12, 9, 3)
+    assert [(r.row_number, r.key) for r in summary.rejected_rows] == [
+        (3, f"{ZURICH}/NOPE-1"),
+        (8, f"{ZURICH}/NOPE-2"),
+        (12, f"{ZURICH}/NOPE-3"),
+    ]
+
+
+def test_batched_import_repeated_with_its_request_id_returns_the_first_summary(stock: RunningStock) -> None:
+    stock.stub.ImportItems(
+        iter([stock_pb2.ImportItemsRequest(request_id="it", items=[item(f"R-{i}") for i in range(4)])]), timeout=30
+    )
+    rows = [_level_row(BERLIN, f"R-{i}", 10 + i) for i in range(4)] + [_level_row(BERLIN, "GHOST", 1)]
+    batched = [
+        stock_pb2.ImportStockLevelsRequest(request_id="once", row=rows[0], rows=rows[1:3]),
+        stock_pb2.ImportStockLevelsRequest(request_id="once", rows=rows[3:]),
+    ]
+    first = stock.stub.ImportStockLevels(iter(batched), timeout=30).summary
+    assert (first.received, first.created, first.rejected) == (5, 4, 1)
+    assert [r.row_number for r in first.rejected_rows] == [5]
+    stock.stub.AdjustStock(
+        stock_pb2.AdjustStockRequest(
+            store_id=BERLIN, sku="R-0", delta=5, reason=stock_pb2.ADJUSTMENT_REASON_RECEIPT, request_id="adj"
+        )
+    )
+    # The same rows split otherwise (one per message) are the same import: the first summary, nothing applied.
+    one_by_one = [stock_pb2.ImportStockLevelsRequest(request_id="once", row=r) for r in rows]
+    assert stock.stub.ImportStockLevels(iter(one_by_one), timeout=30).summary == first
+    assert stock.stub.ImportStockLevels(iter(batched), timeout=30).summary == first
+    assert level(stock.stub, "R-0").on_hand == 15  # the adjustment stands
+    changed = [stock_pb2.ImportStockLevelsRequest(request_id="once", rows=[*rows[:4], _level_row(BERLIN, "R-0", 1)])]
+    with pytest.raises(grpc.RpcError) as caught:
+        stock.stub.ImportStockLevels(iter(changed), timeout=30)
+    assert details_of(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_batched_level_events_carry_reserved_quantities_and_reach_the_reorder_point(stock: RunningStock) -> None:
+    load(stock.stub, [item("LOW", reorder=5), item("HELD")], {(BERLIN, "LOW"): 10, (BERLIN, "HELD"): 10})
+    stock.stub.Reserve(reserve_request("basket", {"HELD": 4}))
+    before = len(_level_events(stock))
+    stream = [
+        stock_pb2.ImportStockLevelsRequest(
+            request_id="count", rows=[_level_row(BERLIN, "LOW", 3), _level_row(BERLIN, "HELD", 7)]
+        )
+    ]
+    summary = stock.stub.ImportStockLevels(iter(stream), timeout=30).summary
+    assert (summary.updated, summary.rejected) == (2, 0)
+    new = _level_events(stock)[before:]
+    assert [kind for kind, _ in new] == [
+        "pos.stock.v1.StockLevelChanged",
+        "pos.stock.v1.StockLow",
+        "pos.stock.v1.StockLevelChanged",
+    ]
+    low_change, low, held = (e for _, e in new)
+    assert (low_change.change.on_hand, low_change.change.on_hand_delta, low_change.change.available) == (3, -7, 3)  # type: ignore[attr-defined]
+    assert (low.sku, low.available, low.reorder_point) == ("LOW", 3, 5)  # type: ignore[attr-defined]
+    change = held.change  # type: ignore[attr-defined]
+    assert (change.on_hand, change.reserved, change.available, change.on_hand_delta) == (7, 4, 3, -3)
+    assert level(stock.stub, "HELD").reserved == 4  # an import sets on_hand only
+    metas = [e.meta for _, e in new]  # type: ignore[attr-defined]
+    assert len({m.event_id for m in metas}) == 3
+    assert all(m.source == "/storeplane/stock" and m.correlation_id == "count" for m in metas)
+    assert [m.event_type for m in metas] == [kind for kind, _ in new]
+
+
+def test_items_batched_and_single_are_imported_in_order_with_stream_row_numbers(stock: RunningStock) -> None:
+    stream = [
+        stock_pb2.ImportItemsRequest(
+            request_id="items", item=item("A", barcode="1"), items=[item("B", barcode="2"), item("", barcode="3")]
+        ),
+        stock_pb2.ImportItemsRequest(items=[item("C", barcode="1"), item("A", barcode="4", eur=1500)]),  # 4, 5
+        stock_pb2.ImportItemsRequest(request_id="items", item=item("D")),  # 6
+    ]
+    summary = stock.stub.ImportItems(iter(stream), timeout=30).summary
+    assert (summary.received, summary.created, summary.updated, summary.rejected) == (6, 3, 1, 2)
+    assert [(r.row_number, r.key, r.reason) for r in summary.rejected_rows] == [
+        (3, "", "item.sku: must not be empty"),
+        (4, "C", "barcode 1 already used by SKU A"),
+    ]
+    got = stock.stub.GetItem(stock_pb2.GetItemRequest(store_id=BERLIN, barcode="4"))
+    assert (got.item.sku, got.price.amount_minor, got.item.revision) == ("A", 1500, 2)  # the later row won
+    assert stock.stub.ImportItems(iter(stream), timeout=30).summary == summary
+    one_by_one = [
+        stock_pb2.ImportItemsRequest(request_id="items", item=i)
+        for i in [item("A", barcode="1"), item("B", barcode="2"), item("", barcode="3")]
+        + [item("C", barcode="1"), item("A", barcode="4", eur=1500), item("D")]
+    ]
+    assert stock.stub.ImportItems(iter(one_by_one), timeout=30).summary == summary

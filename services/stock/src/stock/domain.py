@@ -245,9 +245,14 @@ class LevelChange:
 
 def low_stock_reached(change: LevelChange, reorder_point: int | None) -> bool:
     """True when available crossed down to or below the reorder point with this change (once per crossing)."""
+    return reorder_point_crossed(change.before.available, change.after.available, reorder_point)
+
+
+def reorder_point_crossed(available_before: int, available_after: int, reorder_point: int | None) -> bool:
+    """`low_stock_reached` on bare quantities (bulk paths that build no LevelChange per row)."""
     if reorder_point is None or reorder_point < 0:
         return False
-    return change.before.available > reorder_point >= change.after.available
+    return available_before > reorder_point >= available_after
 
 
 # --- reservations -------------------------------------------------------------------------------------------

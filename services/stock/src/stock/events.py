@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -9,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import events_pb2, stock_pb2
 from stock.domain import ChangeReason, Item, Level, LevelChange, Reservation, ReservationState
+from storeplane_runtime import outbox
 from storeplane_runtime.outbox import timestamp_parts
 
 STOCK_LEVEL_CHANGED = events_pb2.StockLevelChanged.DESCRIPTOR.full_name
@@ -111,3 +114,89 @@ def item_updated(item: Item, *, created: bool, correlation_id: str) -> events_pb
         item=item_message(item),
         created=created,
     )
+
+
+class LevelChangeEvents:
+    """StockLevelChanged events, ready for the outbox, of many changes with one reason, reference and time (an import
+    chunk): the same events as `level_changed` through `UnitOfWork.publish`, at a fraction of the cost.
+
+    Built one by one, an imported row's event cost more than everything else the row costs; here the shared fields
+    and the meta are prepared once, on a template, and each event is a copy with only its own fields set. Not for
+    adjustments (no adjustment_reason)."""
+
+    def __init__(
+        self, *, source: str, headers: dict[str, str], reason: ChangeReason, reference_id: str, at: datetime
+    ) -> None:
+        self.source = source
+        self.headers = headers
+        self.reference_id = reference_id
+        self._template = events_pb2.StockLevelChanged(
+            meta=common_pb2.EventMeta(correlation_id=reference_id, occurred_at=timestamp(at)),
+            change=stock_pb2.StockLevelChange(
+                reason=_REASONS[reason], reference_id=reference_id, changed_at=timestamp(at)
+            ),
+        )
+        # Fills source, event type and trace parent of the meta as every other event gets them; event ids are ours.
+        shared = outbox.prepare(self._template, source=source, headers=headers)
+        self._event_type = shared.event_type
+        self._occurred_at = shared.occurred_at
+        self._ids: list[str] = []
+
+    def changed(
+        self, store_id: str, sku: str, *, on_hand: int, reserved: int, on_hand_delta: int, reserved_delta: int = 0
+    ) -> outbox.PendingEvent:
+        """The StockLevelChanged of one level: its quantities after the change and the deltas."""
+        ids = self._ids
+        if not ids:
+            ids = self._ids = new_event_ids(1024)[::-1]  # popped from the end: in the order they were made
+        event_id = ids.pop()
+        message = events_pb2.StockLevelChanged()
+        message.CopyFrom(self._template)
+        meta = message.meta
+        meta.event_id = event_id
+        meta.store_id = store_id
+        change = message.change
+        change.store_id = store_id
+        change.sku = sku
+        change.on_hand = on_hand
+        change.available = on_hand - reserved
+        change.on_hand_delta = on_hand_delta
+        # Zero is the template's value already (and proto3 does not write it): set only what differs.
+        if reserved:
+            change.reserved = reserved
+        if reserved_delta:
+            change.reserved_delta = reserved_delta
+        if on_hand < 0:
+            change.went_negative = True
+        return outbox.PendingEvent(
+            event_id=event_id,
+            event_type=self._event_type,
+            source=self.source,
+            subject=sku,
+            store_id=store_id,
+            payload=message.SerializeToString(deterministic=True),
+            occurred_at=self._occurred_at,
+            headers=self.headers,
+        )
+
+    def low(self, change: LevelChange, reorder_point: int) -> outbox.PendingEvent:
+        """The StockLow of a change that reached the reorder point (rare: built the ordinary way)."""
+        event = stock_low(change, reorder_point, self.reference_id)
+        return outbox.prepare(event, source=self.source, subject=change.after.sku, headers=self.headers)
+
+
+def new_event_ids(count: int) -> list[str]:
+    """`count` new event ids: UUIDs of version 7 (RFC 9562), the time in milliseconds first, then a counter within
+    this call and 62 random bits, from one read of the system's randomness (uuid.uuid4() is a system call and an
+    object per id). Ids made together sort together, so the outbox's unique index on them grows at its right edge
+    instead of taking thousands of inserts at random places per import chunk."""
+    if not 0 < count <= 0x1000:
+        raise ValueError("between 1 and 4096 ids at a time (12-bit counter)")
+    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
+    head = f"{millis[:8]}-{millis[8:]}-7"
+    random = os.urandom(8 * count).hex()
+    variant = "89ab"  # the two top bits of the variant nibble are 10
+    return [
+        f"{head}{i:03x}-{variant[int(random[j], 16) & 3]}{random[j + 1 : j + 4]}-{random[j + 4 : j + 16]}"
+        for i, j in zip(range(count), range(0, 16 * count, 16), strict=True)
+    ]

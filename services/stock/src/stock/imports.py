@@ -1,6 +1,10 @@
 """ERP batch imports (items, stock levels): a client stream applied chunk by chunk, one transaction per chunk,
 so memory stays bounded whatever the length and a bad row never aborts the good ones.
 
+A stream message carries one row, a batch of rows, or both (the single row first). Rows are numbered across the
+whole stream, whatever messages they came in, and everything else (validation, reporting, chunks, idempotency)
+works on rows: how a client splits its rows into messages changes nothing but the speed.
+
 Idempotency of a whole stream: the request_id of the first message names the import. If it was seen before, the
 stream is only read (to compare its rows with the first one's) and the first summary is returned; nothing is
 applied twice. Otherwise the rows are applied and the key is stored with the summary when the stream ends. A
@@ -15,7 +19,8 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from operator import itemgetter
+from typing import Generic, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import insert, select
@@ -31,17 +36,20 @@ from stock.domain import (
     Level,
     LevelChange,
     item_violations,
+    reorder_point_crossed,
 )
-from stock.services import StockPolicy, publish_changes
+from stock.services import StockPolicy
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.errors import IdempotencyKeyReused
 from storeplane_runtime.idempotency import check_request_id
-from storeplane_runtime.outbox import idempotency_table, utcnow
+from storeplane_runtime.outbox import PendingEvent, idempotency_table, utcnow
 from storeplane_runtime.stores import MINOR_UNITS, Store
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_REJECTIONS = 1000
+Q = TypeVar("Q", bound=Message)  # a message of the client stream
+M = TypeVar("M", bound=Message)  # a row as sent
 R = TypeVar("R")  # a validated row
 
 
@@ -90,21 +98,21 @@ class Tally:
 
 
 @dataclass(frozen=True)
-class ImportKind(Generic[R]):
+class ImportKind(Generic[Q, M, R]):
     """How one import reads, checks and applies its rows."""
 
     method: str
-    row_of: Callable[[Message], Message]  # the payload of a stream message (hashed for idempotency)
-    key_of: Callable[[Message], str]  # the row's key as reported in rejections
+    rows_of: Callable[[Q], Sequence[M]]  # the rows one stream message carries, in import order
+    key_of: Callable[[M], str]  # the row's key as reported in rejections
     dedupe_key: Callable[[R], object]  # rows with the same key must not share a chunk
-    validate: Callable[[Message], R | str]  # the checked row, or why it is rejected
+    validate: Callable[[M], R | str]  # the checked row, or why it is rejected
     apply: Callable[[UnitOfWork, Sequence[tuple[int, R]], datetime, str], ChunkResult]  # ..., reference id
 
 
 def run_import(
     database: Database,
-    kind: ImportKind[R],
-    requests: Iterator[Message],
+    kind: ImportKind[Q, M, R],
+    requests: Iterator[Q],
     *,
     source: str,
     caller: str,
@@ -121,7 +129,7 @@ def run_import(
     stream = _chain(first, requests)
     if stored is not None:
         for message in stream:
-            _hash(digest, kind.row_of(message))
+            _hash_rows(digest, kind.rows_of(message))
         if stored[0] != digest.hexdigest() or stored[1] != kind.method:
             raise IdempotencyKeyReused(
                 "request_id was already used for a different import", metadata={"request_id": request_id}
@@ -130,44 +138,54 @@ def run_import(
 
     chunk: list[tuple[int, R]] = []
     keys: set[object] = set()
+    validate, dedupe_key = kind.validate, kind.dedupe_key
+    number = 0  # rows so far, across messages
     for message in stream:
-        tally.received += 1
-        number = tally.received
-        _hash(digest, kind.row_of(message))
         other_id: str = message.request_id  # type: ignore[attr-defined]
-        if other_id and other_id != request_id:
-            tally.reject(number, kind.key_of(message), "request_id differs from the first message's")
-            continue
-        checked = kind.validate(message)
-        if isinstance(checked, str):
-            tally.reject(number, kind.key_of(message), checked)
-            continue
-        key = kind.dedupe_key(checked)
-        if key in keys or len(chunk) >= chunk_rows:
-            tally.add(_apply_chunk(database, kind, chunk, source, request_id))
-            chunk, keys = [], set()
-        chunk.append((number, checked))
-        keys.add(key)
+        foreign = bool(other_id) and other_id != request_id
+        rows = kind.rows_of(message)
+        _hash_rows(digest, rows)
+        for row in rows:
+            number += 1
+            if foreign:
+                tally.reject(number, kind.key_of(row), "request_id differs from the first message's")
+                continue
+            checked = validate(row)
+            if isinstance(checked, str):
+                tally.reject(number, kind.key_of(row), checked)
+                continue
+            key = dedupe_key(checked)
+            if key in keys or len(chunk) >= chunk_rows:
+                tally.add(_apply_chunk(database, kind, chunk, source, request_id))
+                chunk, keys = [], set()
+            chunk.append((number, checked))
+            keys.add(key)
     if chunk:
         tally.add(_apply_chunk(database, kind, chunk, source, request_id))
+    tally.received = number
     summary = tally.summary()
     _store(database, caller, request_id, kind.method, digest.hexdigest(), summary)
     return summary
 
 
-def _chain(first: Message, rest: Iterator[Message]) -> Iterator[Message]:
+def _chain(first: Q, rest: Iterator[Q]) -> Iterator[Q]:
     yield first
     yield from rest
 
 
-def _hash(digest: hashlib._Hash, row: Message) -> None:
-    data = row.SerializeToString(deterministic=True)
-    digest.update(len(data).to_bytes(4, "big"))
-    digest.update(data)
+def _hash_rows(digest: hashlib._Hash, rows: Sequence[Message]) -> None:
+    # Row by row (length, then the row), so the digest depends on the rows and their order only, not on how they
+    # were split into messages.
+    parts = []
+    for row in rows:
+        data = row.SerializeToString(deterministic=True)
+        parts.append(len(data).to_bytes(4, "big"))
+        parts.append(data)
+    digest.update(b"".join(parts))
 
 
 def _apply_chunk(
-    database: Database, kind: ImportKind[R], chunk: Sequence[tuple[int, R]], source: str, reference: str
+    database: Database, kind: ImportKind[Q, M, R], chunk: Sequence[tuple[int, R]], source: str, reference: str
 ) -> ChunkResult:
     # A concurrent writer may create the same level or barcode between our read and our insert (or PostgreSQL may
     # pick us as a deadlock victim): the chunk is then simply applied again on fresh state.
@@ -215,66 +233,89 @@ def _store(
 # --- stock levels -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LevelRow:
+class LevelRow(NamedTuple):
+    """A checked stock level row (a tuple: imports hold thousands of them)."""
+
     store_id: str
     sku: str
     on_hand: int
 
 
-def stock_level_import(stores: Mapping[str, Store], policy: StockPolicy) -> ImportKind[LevelRow]:
-    def validate(message: Message) -> LevelRow | str:
-        row: stock_pb2.StockLevelRow = message.row  # type: ignore[attr-defined]
-        if row.store_id not in stores:
-            return f"unknown store {row.store_id[:64]!r}" if row.store_id else "store_id is empty"
-        if not row.sku:
+def _level_rows(message: stock_pb2.ImportStockLevelsRequest) -> Sequence[stock_pb2.StockLevelRow]:
+    if message.HasField("row"):
+        return [message.row, *message.rows]
+    return message.rows
+
+
+def stock_level_import(
+    stores: Mapping[str, Store], policy: StockPolicy
+) -> ImportKind[stock_pb2.ImportStockLevelsRequest, stock_pb2.StockLevelRow, LevelRow]:
+    def validate(row: stock_pb2.StockLevelRow) -> LevelRow | str:
+        store_id, sku, on_hand = row.store_id, row.sku, row.on_hand
+        if store_id not in stores:
+            return f"unknown store {store_id[:64]!r}" if store_id else "store_id is empty"
+        if not sku:
             return "sku is empty"
         # str.isprintable() refuses every whitespace character but the plain space.
-        if len(row.sku) > MAX_SKU_LENGTH or not row.sku.isprintable() or " " in row.sku:
+        if len(sku) > MAX_SKU_LENGTH or not sku.isprintable() or " " in sku:
             return f"sku must be 1 to {MAX_SKU_LENGTH} printable characters without spaces"
-        if not 0 <= row.on_hand <= MAX_STOCK_QUANTITY:
+        if not 0 <= on_hand <= MAX_STOCK_QUANTITY:
             return f"on_hand must be between 0 and {MAX_STOCK_QUANTITY}"
-        return LevelRow(row.store_id, row.sku, row.on_hand)
+        return LevelRow(store_id, sku, on_hand)
 
     def apply(uow: UnitOfWork, rows: Sequence[tuple[int, LevelRow]], now: datetime, reference: str) -> ChunkResult:
+        # Thousands of rows per chunk: one statement reads, locks and sets the existing levels (storage.import_on_hand),
+        # no Level or LevelChange per row, and the events come from one template (events.LevelChangeEvents). The rules
+        # are those of every other change of a level.
         result = ChunkResult()
-        session = uow.connection
-        known = storage.known_skus(session, {r.sku for _, r in rows})
-        valid = []
+        conn = uow.connection
+        found = storage.import_on_hand(conn, [r for _, r in rows], now)
+        created: list[LevelRow] = []
+        pending: list[PendingEvent] = []
+        changes = events.LevelChangeEvents(
+            source=uow.source, headers=uow.trace_headers, reason=ChangeReason.IMPORT, reference_id=reference, at=now
+        )
+        default_point = policy.default_reorder_point
         for number, r in rows:
-            if r.sku in known:
-                valid.append((number, r))
-            else:
-                result.rejected.append((number, f"{r.store_id}/{r.sku}", f"unknown SKU {r.sku}"))
-        existing = storage.lock_level_keys(session, {(r.store_id, r.sku) for _, r in valid})
-        created: list[Level] = []
-        changed: list[Level] = []
-        changes: list[LevelChange] = []
-        for _, r in valid:
-            before = existing.get((r.store_id, r.sku))
-            if before is None:
-                before = Level(r.store_id, r.sku, 0, 0, now)
-                after = Level(r.store_id, r.sku, r.on_hand, 0, now)
-                created.append(after)
-                result.created += 1
-            elif before.on_hand == r.on_hand:
+            store_id, sku, on_hand = r
+            entry = found.get((store_id, sku))
+            if entry is None:
+                result.rejected.append((number, f"{store_id}/{sku}", f"unknown SKU {sku}"))
+                continue
+            point, on_hand_before, reserved = entry
+            if on_hand_before is None or reserved is None:
+                on_hand_before = reserved = 0
+                created.append(r)
+                if not on_hand:
+                    continue  # a new level of 0: created, but nothing changed
+            elif on_hand_before == on_hand:
                 result.unchanged += 1
                 continue
             else:
-                after = before.moved(r.on_hand - before.on_hand, 0, now)
-                changed.append(after)
                 result.updated += 1
-            changes.append(LevelChange(before, after, ChangeReason.IMPORT, reference))
-        storage.insert_levels(session, created)
-        storage.write_levels(session, changed)
-        publish_changes(uow, changes, known, policy, reference)
+            pending.append(
+                changes.changed(
+                    store_id, sku, on_hand=on_hand, reserved=reserved, on_hand_delta=on_hand - on_hand_before
+                )
+            )
+            if point is None:
+                point = default_point
+            if reorder_point_crossed(on_hand_before - reserved, on_hand - reserved, point):
+                before = Level(store_id, sku, on_hand_before, reserved)
+                change = LevelChange(
+                    before, Level(store_id, sku, on_hand, reserved, now), ChangeReason.IMPORT, reference
+                )
+                pending.append(changes.low(change, point))
+        result.created = len(created)
+        storage.insert_imported_levels(conn, created, now)
+        uow.publish_prepared(pending)
         return result
 
     return ImportKind(
         method="/pos.stock.v1.StockService/ImportStockLevels",
-        row_of=lambda m: m.row,  # type: ignore[attr-defined]
-        key_of=lambda m: f"{m.row.store_id}/{m.row.sku}",  # type: ignore[attr-defined]
-        dedupe_key=lambda r: (r.store_id, r.sku),
+        rows_of=_level_rows,
+        key_of=lambda r: f"{r.store_id}/{r.sku}",
+        dedupe_key=itemgetter(0, 1),  # (store_id, sku)
         validate=validate,
         apply=apply,
     )
@@ -283,11 +324,16 @@ def stock_level_import(stores: Mapping[str, Store], policy: StockPolicy) -> Impo
 # --- items --------------------------------------------------------------------------------------------------
 
 
-def item_import() -> ImportKind[Item]:
+def _items(message: stock_pb2.ImportItemsRequest) -> Sequence[stock_pb2.Item]:
+    if message.HasField("item"):
+        return [message.item, *message.items]
+    return message.items
+
+
+def item_import() -> ImportKind[stock_pb2.ImportItemsRequest, stock_pb2.Item, Item]:
     currencies = set(MINOR_UNITS)
 
-    def validate(message: Message) -> Item | str:
-        item: stock_pb2.Item = message.item  # type: ignore[attr-defined]
+    def validate(item: stock_pb2.Item) -> Item | str:
         prices = [(p.currency_code, p.amount_minor) for p in item.prices]
         reorder_point = item.reorder_point if item.HasField("reorder_point") else None
         violations = item_violations(
@@ -344,8 +390,8 @@ def item_import() -> ImportKind[Item]:
 
     return ImportKind(
         method="/pos.stock.v1.StockService/ImportItems",
-        row_of=lambda m: m.item,  # type: ignore[attr-defined]
-        key_of=lambda m: m.item.sku,  # type: ignore[attr-defined]
+        rows_of=_items,
+        key_of=lambda i: i.sku,
         dedupe_key=lambda i: i.sku,
         validate=validate,
         apply=apply,

@@ -14,7 +14,8 @@ from stock.storage.items import (
 )
 from stock.storage.levels import (
     create_levels,
-    insert_levels,
+    import_on_hand,
+    insert_imported_levels,
     lock_level_keys,
     lock_levels,
     lock_levels_of_items,
@@ -54,8 +55,9 @@ __all__ = [
     "find_on_shelf",
     "find_reservation",
     "first_application",
+    "import_on_hand",
     "insert_for",
-    "insert_levels",
+    "insert_imported_levels",
     "item_barcodes",
     "items",
     "known_skus",

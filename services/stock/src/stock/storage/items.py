@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, bindparam, select, update
 
 from stock.domain import Item, Level
-from stock.storage.tables import Db, item_barcodes, items, stock_levels, utc
+from stock.storage.tables import Db, driver_sql, is_postgres, item_barcodes, items, stock_levels, utc
 
 # Statements are built once: building and cache-keying a statement per call cost more than its round trip.
 _ITEM_BY_SKU = select(items).where(items.c.sku == bindparam("sku"))
@@ -20,6 +20,8 @@ _ITEM_BY_BARCODE = (
     .where(item_barcodes.c.barcode == bindparam("barcode"))
 )
 _KNOWN = select(items.c.sku, items.c.reorder_point).where(items.c.sku.in_(bindparam("skus", expanding=True)))
+# PostgreSQL: one array parameter, so the text stays the same (and prepared) whatever the number of SKUs.
+_KNOWN_PG = "SELECT sku, reorder_point FROM items WHERE sku = ANY(CAST(%(skus)b AS text[]))"
 _OWNERS = select(item_barcodes).where(item_barcodes.c.barcode.in_(bindparam("barcodes", expanding=True)))
 
 _SHELF = items.outerjoin(
@@ -93,7 +95,11 @@ def known_skus(conn: Db, skus: Collection[str]) -> dict[str, int | None]:
     """SKU -> reorder point of those SKUs that are items."""
     if not skus:
         return {}
-    return {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": list(skus)})}
+    if is_postgres(conn):
+        rows = driver_sql(conn, _KNOWN_PG, {"skus": list(skus)}).fetchall()
+    else:
+        rows = conn.execute(_KNOWN, {"skus": list(skus)}).fetchall()
+    return {sku: reorder_point for sku, reorder_point in rows}
 
 
 def barcode_owners(conn: Db, barcodes: Collection[str]) -> dict[str, str]:

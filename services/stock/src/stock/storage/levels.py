@@ -29,6 +29,39 @@ _LOCK_KEYS_PG = (
     " WHERE (store_id, sku) IN (SELECT * FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[])))"
     " ORDER BY store_id, sku FOR UPDATE"
 )
+# Imports, in one statement per chunk: which SKUs are items; the existing levels of their rows locked in key order (as
+# every writer locks them) and read as they were; on_hand set where it differs; and the rows of items with their
+# reorder point and level before (none: missing) returned. The UPDATE joins the locked rows, so it touches only rows
+# `old` has locked, and it sees their latest committed version (READ COMMITTED re-reads a row updated concurrently).
+_IMPORT_ON_HAND_PG = (
+    "WITH v AS (SELECT * FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[]),"
+    "                                CAST(%(on_hand)b AS bigint[])) AS v(store_id, sku, on_hand)),"
+    " known AS (SELECT sku, reorder_point FROM items WHERE sku = ANY(CAST(%(skus)b AS text[]))),"
+    " old AS (SELECT l.store_id, l.sku, l.on_hand, l.reserved FROM stock_levels AS l"
+    "         WHERE (l.store_id, l.sku) IN (SELECT v.store_id, v.sku FROM v JOIN known ON known.sku = v.sku)"
+    "         ORDER BY l.store_id, l.sku FOR UPDATE),"
+    " changed AS (UPDATE stock_levels AS l SET on_hand = v.on_hand, updated_at = %(now)b"
+    "             FROM v JOIN old ON old.store_id = v.store_id AND old.sku = v.sku"
+    "             WHERE l.store_id = v.store_id AND l.sku = v.sku AND old.on_hand <> v.on_hand)"
+    " SELECT v.store_id, v.sku, known.reorder_point, old.on_hand, old.reserved"
+    " FROM v JOIN known ON known.sku = v.sku LEFT JOIN old ON old.store_id = v.store_id AND old.sku = v.sku"
+)
+_LOCK_QUANTITIES_SQLITE = (
+    select(_sl.c.store_id, _sl.c.sku, _sl.c.on_hand, _sl.c.reserved)
+    .where(tuple_(_sl.c.store_id, _sl.c.sku).in_(bindparam("keys", expanding=True)))
+    .order_by(_sl.c.store_id, _sl.c.sku)
+)
+_INSERT_ON_HAND_PG = (
+    "INSERT INTO stock_levels (store_id, sku, on_hand, reserved, updated_at)"
+    " SELECT v.store_id, v.sku, v.on_hand, 0, %(now)b"
+    " FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[]), CAST(%(on_hand)b AS bigint[]))"
+    "      AS v(store_id, sku, on_hand)"
+)
+_SET_ON_HAND_SQLITE = (
+    update(_sl)
+    .where(_sl.c.store_id == bindparam("b_store"), _sl.c.sku == bindparam("b_sku"))
+    .values(on_hand=bindparam("b_on_hand"), updated_at=bindparam("b_at"))
+)
 # Reserve's read: the store's level rows of these SKUs, locked in SKU order, and which SKUs are items (with their
 # reorder points), in one round trip.
 _LOCK_WITH_ITEMS_PG = (
@@ -51,11 +84,6 @@ WRITE_PG_SQL = (
     "             CAST(%(reserved)b AS bigint[]), CAST(%(updated_at)b AS timestamptz[]))"
     "      AS v(store_id, sku, on_hand, reserved, updated_at)"
     " WHERE l.store_id = v.store_id AND l.sku = v.sku"
-)
-_INSERT_PG = (
-    "INSERT INTO stock_levels (store_id, sku, on_hand, reserved, updated_at)"
-    " SELECT * FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[]), CAST(%(on_hand)b AS bigint[]),"
-    "                      CAST(%(reserved)b AS bigint[]), CAST(%(updated_at)b AS timestamptz[]))"
 )
 _INSERT_SQLITE = _sl.insert()
 
@@ -118,6 +146,61 @@ def lock_level_keys(conn: Db, keys: Collection[tuple[str, str]]) -> dict[tuple[s
     return {(row.store_id, row.sku): _level(row) for row in rows}
 
 
+ImportedLevel = tuple[int | None, int | None, int | None]  # reorder point of the item, on_hand and reserved before
+
+
+def import_on_hand(
+    conn: Db, rows: Sequence[tuple[str, str, int]], now: datetime
+) -> dict[tuple[str, str], ImportedLevel]:
+    """Imports: set on_hand (and updated_at `now`) of the existing levels of (store, sku, on_hand) rows whose SKU is
+    an item, where it differs, locking them in key order first. Returns, for each row of an item, the item's reorder
+    point and the level's on_hand and reserved before (both None: no level yet, see `insert_imported_levels`). Rows
+    of SKUs that are no items are left out. The keys of `rows` are distinct."""
+    if not rows:
+        return {}
+    if is_postgres(conn):
+        stores, skus, on_hand = zip(*rows, strict=True)
+        params = {"stores": list(stores), "skus": list(skus), "on_hand": list(on_hand), "now": now}
+        found = driver_sql(conn, _IMPORT_ON_HAND_PG, params).fetchall()
+        return {(store, sku): (point, before, reserved) for store, sku, point, before, reserved in found}
+    # SQLite: the writer holds the database lock already; the same result in three statements.
+    known = {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": list({r[1] for r in rows})})}
+    keys = sorted((store, sku) for store, sku, _ in rows if sku in known)
+    locked = {
+        (row.store_id, row.sku): (row.on_hand, row.reserved)
+        for row in (conn.execute(_LOCK_QUANTITIES_SQLITE, {"keys": keys}) if keys else ())
+    }
+    changed = [
+        {"b_store": store, "b_sku": sku, "b_on_hand": n, "b_at": now}
+        for store, sku, n in rows
+        if (store, sku) in locked and locked[(store, sku)][0] != n
+    ]
+    if changed:
+        conn.execute(_SET_ON_HAND_SQLITE, changed)
+    result: dict[tuple[str, str], ImportedLevel] = {}
+    for store, sku, _ in rows:
+        if sku in known:
+            before, reserved = locked.get((store, sku), (None, None))
+            result[(store, sku)] = (known[sku], before, reserved)
+    return result
+
+
+def insert_imported_levels(conn: Db, rows: Sequence[tuple[str, str, int]], now: datetime) -> None:
+    """Imports: insert levels (store, sku, on_hand; reserved 0) that `import_on_hand` found missing. A concurrent
+    creator of the same level makes this fail (IntegrityError): the caller applies its chunk again."""
+    if not rows:
+        return
+    if is_postgres(conn):
+        stores, skus, on_hand = zip(*rows, strict=True)
+        params = {"stores": list(stores), "skus": list(skus), "on_hand": list(on_hand), "now": now}
+        driver_sql(conn, _INSERT_ON_HAND_PG, params)
+        return
+    conn.execute(
+        _INSERT_SQLITE,
+        [{"store_id": s, "sku": k, "on_hand": n, "reserved": 0, "updated_at": now} for s, k, n in rows],
+    )
+
+
 def create_levels(conn: Db, keys: Iterable[tuple[str, str]], now: datetime) -> None:
     """Zero rows for levels that do not exist yet (a concurrent creator wins quietly)."""
     rows = [
@@ -143,28 +226,6 @@ def write_levels(conn: Db, levels: Sequence[Level]) -> None:
                 "b_on_hand": lv.on_hand,
                 "b_reserved": lv.reserved,
                 "b_at": lv.updated_at,
-            }
-            for lv in levels
-        ],
-    )
-
-
-def insert_levels(conn: Db, levels: Sequence[Level]) -> None:
-    """Insert level rows that do not exist (the caller found them missing under lock)."""
-    if not levels:
-        return
-    if is_postgres(conn):
-        driver_sql(conn, _INSERT_PG, level_arrays(levels))
-        return
-    conn.execute(
-        _INSERT_SQLITE,
-        [
-            {
-                "store_id": lv.store_id,
-                "sku": lv.sku,
-                "on_hand": lv.on_hand,
-                "reserved": lv.reserved,
-                "updated_at": lv.updated_at,
             }
             for lv in levels
         ],
