@@ -8,7 +8,7 @@ from collections.abc import Callable
 from messaging_kit import FAST, ServiceDb, recorder, sale, unique_name, wait_until
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import InboxApplier, InProcessBus, InProcessConsumer, InProcessPublisher, OutboxRelay
@@ -185,3 +185,29 @@ def test_events_no_consumer_is_bound_to_are_marked_sent_as_unroutable(
         assert len(rows) == 30, url
         assert all(r.sent_at is not None and r.last_error.startswith("unroutable") for r in rows), url
         assert relay.published == 30
+
+
+def test_the_relay_vacuums_the_outbox_after_marking_enough_rows_on_postgres(
+    make_db: Callable[[str], ServiceDb], make_postgres_url: Callable[[], str]
+) -> None:
+    db = make_db(make_postgres_url())
+    settings = FAST.model_copy(update={"outbox_vacuum_rows": 25, "outbox_vacuum_min_seconds": 0.0})
+    relay = OutboxRelay(db.database, InProcessPublisher(InProcessBus()), service="checkout", settings=settings)
+    db.publish_sales(20, per_commit=10)
+    while relay.relay_once():
+        pass
+    relay._housekeeping()
+    assert relay.vacuums == 0  # 20 rows marked: not yet
+    db.publish_sales(10, per_commit=10)
+    while relay.relay_once():
+        pass
+    relay._housekeeping()
+    assert relay.vacuums == 1
+
+    def vacuumed() -> bool:  # statistics reach other sessions within a second or so
+        with db.database.engine.connect() as conn:
+            return bool(
+                conn.execute(text("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")).scalar_one()
+            )
+
+    wait_until(vacuumed, 10, "the VACUUM in the statistics")

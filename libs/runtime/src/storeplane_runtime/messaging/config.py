@@ -31,6 +31,12 @@ class MessagingSettings(BaseSettings):
     # A lone commit is relayed at once; a busy outbox adds at most this much to each event's lag.
     outbox_coalesce_seconds: float = Field(default=0.005, ge=0, le=1)
     outbox_retention_hours: float = Field(default=72.0, ge=0)
+    # PostgreSQL: the relay vacuums the outbox itself once it has marked this many rows sent (0: never), at most
+    # every `outbox_vacuum_min_seconds`. Marking a row sent leaves a dead row version and a dead entry in the
+    # unsent-rows index; on a busy queue table they pile up faster than autovacuum's defaults clean them (or
+    # forever where autovacuum is off), and every relay pass then wades through them.
+    outbox_vacuum_rows: int = Field(default=20_000, ge=0)
+    outbox_vacuum_min_seconds: float = Field(default=10.0, ge=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600)
     amqp_heartbeat_seconds: int = Field(default=30, ge=0, le=600)
 
