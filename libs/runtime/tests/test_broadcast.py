@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from pos.stock.v1 import events_pb2, stock_pb2
 from storeplane_runtime import migrations
-from storeplane_runtime.broadcast import CommittedEventsFeed
+from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed
 from storeplane_runtime.db import Database, UnitOfWork
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
@@ -29,7 +29,7 @@ def _changed(sku: str, on_hand: int) -> events_pb2.StockLevelChanged:
 def _commit(db: Database, *events: object, roll_back: bool = False) -> None:
     with UnitOfWork(db, source="stock") as uow:
         for event in events:
-            uow.publish(event)  # type: ignore[arg-type]
+            uow.publish(event, store_id="berlin-mitte")  # type: ignore[arg-type]
         if roll_back:
             uow.rollback()
         else:
@@ -51,8 +51,9 @@ def _feed(url: str) -> tuple[CommittedEventsFeed, queue.Queue[tuple[str, int]], 
     got: queue.Queue[tuple[str, int]] = queue.Queue()
     gaps: list[bool] = []
 
-    def on_event(event_type: str, payload: bytes) -> None:
-        change = events_pb2.StockLevelChanged.FromString(payload).change
+    def on_event(broadcast: Broadcast) -> None:
+        assert broadcast.store_id == "berlin-mitte"
+        change = events_pb2.StockLevelChanged.FromString(broadcast.payload).change
         got.put((change.sku, change.on_hand))
 
     feed = CommittedEventsFeed(url, [CHANGED], on_event, on_gap=lambda: gaps.append(True), reconnect_max_seconds=0.2)

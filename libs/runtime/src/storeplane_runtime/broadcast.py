@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from storeplane_runtime.workers import ThreadWorker
 
-__all__ = ["CHANNEL", "CommittedEventsFeed", "decode", "encode_sql"]
+__all__ = ["CHANNEL", "Broadcast", "CommittedEventsFeed", "decode", "encode_sql"]
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,36 @@ CHANNEL = "storeplane_committed_events"
 # ones: level changes). Base64 grows a payload by a third.
 MAX_PAYLOAD_BYTES = 5000
 
-# The SQL expression of one notification for an outbox row `ins` (event_type and payload columns).
-encode_sql = "ins.event_type || ' ' || encode(ins.payload, 'base64')"
+# The SQL expression of one notification for an outbox row `ins` (event_type, store_id and payload columns).
+encode_sql = "ins.event_type || ' ' || ins.store_id || ' ' || encode(ins.payload, 'base64')"
 
 
-def decode(payload: str) -> tuple[str, bytes]:
-    """A notification's payload -> (event type, the event's protobuf bytes)."""
-    event_type, _, body = payload.partition(" ")
-    return event_type, base64.b64decode(body)
+class Broadcast:
+    """One notified event: its type and store at once, its protobuf bytes decoded only when asked for (a listener
+    with no interest in the store pays nothing for them)."""
+
+    __slots__ = ("_body", "event_type", "store_id")
+
+    def __init__(self, event_type: str, store_id: str, body: str) -> None:
+        self.event_type, self.store_id, self._body = event_type, store_id, body
+
+    @property
+    def payload(self) -> bytes:
+        return base64.b64decode(self._body)
+
+
+def decode(notification: str) -> Broadcast:
+    """A notification's payload -> the `Broadcast` (ValueError when it is not one of ours)."""
+    event_type, sep, rest = notification.partition(" ")
+    store_id, sep2, body = rest.partition(" ")
+    if not (sep and sep2 and event_type):
+        raise ValueError("not a broadcast")
+    return Broadcast(event_type, store_id, body)
 
 
 class CommittedEventsFeed(ThreadWorker):
-    """Listens on the database for broadcast events and calls `on_event(event_type, payload)` for those of
-    `event_types`, on the feed's thread, in commit order. `on_gap()` is called when the connection is lost."""
+    """Listens on the database for broadcast events and calls `on_event(broadcast)` for those of `event_types`, on
+    the feed's thread, in commit order. `on_gap()` is called when the connection is lost."""
 
     thread_name = "committed-events-feed"
 
@@ -53,7 +70,7 @@ class CommittedEventsFeed(ThreadWorker):
         self,
         database_url: str,
         event_types: Collection[str],
-        on_event: Callable[[str, bytes], None],
+        on_event: Callable[[Broadcast], None],
         *,
         on_gap: Callable[[], None] = lambda: None,
         reconnect_max_seconds: float = 5.0,
@@ -125,13 +142,13 @@ class CommittedEventsFeed(ThreadWorker):
 
     def _deliver(self, payload: str) -> None:
         try:
-            event_type, body = decode(payload)
+            broadcast = decode(payload)
         except ValueError:
             log.warning("undecodable broadcast ignored", extra={"payload": payload[:100]})
             return
-        if event_type in self.event_types:
+        if broadcast.event_type in self.event_types:
             try:
-                self.on_event(event_type, body)
+                self.on_event(broadcast)
             except Exception:
                 log.exception("committed-events feed handler failed")
 

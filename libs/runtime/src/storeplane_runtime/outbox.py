@@ -220,7 +220,7 @@ _INSERT_PG = (
 
 # The same insert, and a notification of each inserted event of a broadcast type (see storeplane_runtime.broadcast).
 _INSERT_PG_BROADCAST = (
-    f"WITH ins AS ({_INSERT_PG} RETURNING event_type, payload)"
+    f"WITH ins AS ({_INSERT_PG} RETURNING event_type, store_id, payload)"
     f" SELECT count(pg_notify('{CHANNEL}', {encode_sql})) FROM ins"
     f" WHERE ins.event_type = ANY(CAST(%(broadcast)b AS text[])) AND length(ins.payload) < {MAX_PAYLOAD_BYTES}"
 )

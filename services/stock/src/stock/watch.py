@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from pos.stock.v1 import events_pb2, stock_pb2
 from stock.events import STOCK_LEVEL_CHANGED
+from storeplane_runtime.broadcast import Broadcast
 from storeplane_runtime.errors import Unavailable
 from storeplane_runtime.outbox import PendingEvent
 
@@ -70,6 +71,10 @@ class Subscription:
                 self._queue.put_nowait(_CLOSED)
 
 
+def _constant(payload: bytes) -> Callable[[], bytes]:
+    return lambda: payload
+
+
 class StockWatch:
     """The fan-out: subscribers per store, fed with committed StockLevelChanged events."""
 
@@ -107,24 +112,19 @@ class StockWatch:
             return
         for pending in written:
             if pending.event_type == STOCK_LEVEL_CHANGED:
-                self._offer(pending.store_id, pending.payload)
+                self._offer(pending.store_id, _constant(pending.payload))
 
-    def changed(self, event_type: str, payload: bytes) -> None:
+    def changed(self, broadcast: Broadcast) -> None:
         """Feed handler (PostgreSQL): one committed StockLevelChanged of any replica, in commit order."""
-        if event_type == STOCK_LEVEL_CHANGED and self._by_store:
-            self._offer("", payload)
+        if broadcast.event_type == STOCK_LEVEL_CHANGED and self._by_store:
+            self._offer(broadcast.store_id, lambda: broadcast.payload)
 
-    def _offer(self, store_id: str, payload: bytes) -> None:
-        change: stock_pb2.StockLevelChange | None = None
-        if not store_id:
-            change = events_pb2.StockLevelChanged.FromString(payload).change
-            store_id = change.store_id
+    def _offer(self, store_id: str, payload: Callable[[], bytes]) -> None:
         with self._lock:
             subscribers = list(self._by_store.get(store_id, ()))
         if not subscribers:
             return
-        if change is None:
-            change = events_pb2.StockLevelChanged.FromString(payload).change
+        change = events_pb2.StockLevelChanged.FromString(payload()).change
         for subscription in subscribers:
             subscription.offer(change)
 
