@@ -41,7 +41,7 @@ class _Service:
             "DATABASE_URL": database_url,
             "LOG_LEVEL": "WARNING",
             # More workers than callers only add GIL contention: 8 did more Reserves/s than 32 on a 2-core machine.
-            "GRPC_WORKERS": "16",
+            "GRPC_WORKERS": os.environ.get("BENCH_GRPC_WORKERS", "16"),
         }
         self.proc = subprocess.Popen([sys.executable, "-m", "stock"], env=env, stdout=subprocess.DEVNULL)
         _wait_serving([f"127.0.0.1:{PORT}"])
