@@ -488,3 +488,46 @@ def test_forwarded_calls_are_counted_by_method_and_status(gateway: grpc.Channel)
     assert _handled("Echo", "OK") == before["ok"] + 2
     assert _handled("Fail", "FAILED_PRECONDITION") == before["failed"] + 1
     assert _handled("Split", "OK") == before["stream"] + 1
+
+
+# --- tracing --------------------------------------------------------------------------------------------------
+
+CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def test_without_exported_spans_the_callers_trace_context_passes_through_untouched(
+    gateway: grpc.Channel, state: Backend
+) -> None:
+    traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    uu(gateway, "Echo")(b"", timeout=WAIT, metadata=(("traceparent", traceparent),))
+    assert state.metadata["traceparent"] == traceparent
+
+
+def test_with_exported_spans_the_gateways_span_parents_the_backends(
+    backend: tuple[Backend, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the gateway runs when OTEL_* names an exporter: OpenTelemetry's server interceptor makes a span per call,
+    and the traceparent the backend gets names that span, in the caller's trace."""
+    from opentelemetry.instrumentation.grpc import server_interceptor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import gateway.proxy
+
+    monkeypatch.setattr(gateway.proxy, "tracing_exported", lambda: True)
+    state, backend_port = backend
+    upstream = backend_channel(f"127.0.0.1:{backend_port}")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[server_interceptor(tracer_provider=TracerProvider())]
+    )
+    server.add_generic_rpc_handlers((Router({SERVICE: upstream}, method_kind, DEFAULT_TIMEOUT),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as caller:
+            uu(caller, "Echo")(b"", timeout=WAIT, metadata=(("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),))
+    finally:
+        server.stop(None)
+        upstream.close()
+    version, trace_id, parent_span, _flags = str(state.metadata["traceparent"]).split("-")
+    assert (version, trace_id) == ("00", CALLER_TRACE)
+    assert parent_span not in {CALLER_SPAN, "0" * 16}  # the gateway's own span
