@@ -114,3 +114,53 @@ def test_broadcast_types_change_nothing_on_sqlite(tmp_path: Path) -> None:
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM outbox")).scalar_one() == 1
     db.dispose()
+
+
+def _listening_sessions(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        )
+
+
+def test_a_feed_that_is_only_wanted_by_watchers_listens_while_it_has_them(replicas: tuple[Database, str]) -> None:
+    writer, url = replicas
+    watchers = [0]
+    got: queue.Queue[str] = queue.Queue()
+
+    def on_event(broadcast: Broadcast) -> None:
+        got.put(events_pb2.StockLevelChanged.FromString(broadcast.payload).change.sku)
+
+    feed = CommittedEventsFeed(url, [CHANGED], on_event, wanted=lambda: watchers[0] > 0, linger_seconds=0.2)
+    feed.start()
+    try:
+        time.sleep(0.3)
+        assert not feed.live.is_set() and feed.listens == 0
+        _commit(writer, _changed("UNSEEN", 1))  # nobody listens: nobody is told
+        watchers[0] = 1
+        assert feed.ensure_listening(5)
+        _commit(writer, _changed("SEEN", 2))
+        assert got.get(timeout=5) == "SEEN"
+        assert _listening_sessions(writer) == 1
+        watchers[0] = 0  # the last watcher left: the feed stops listening after its linger
+        wait_until(lambda: not feed.live.is_set() and _listening_sessions(writer) == 0, 5)
+        watchers[0] = 1  # and listens again for the next one
+        assert feed.ensure_listening(5)
+        assert feed.listens == 2
+        _commit(writer, _changed("AGAIN", 3))
+        assert got.get(timeout=5) == "AGAIN"
+        assert got.empty()
+    finally:
+        feed.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)

@@ -17,6 +17,7 @@ import base64
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Collection
 
 import psycopg
@@ -62,7 +63,13 @@ def decode(notification: str) -> Broadcast:
 
 class CommittedEventsFeed(ThreadWorker):
     """Listens on the database for broadcast events and calls `on_event(broadcast)` for those of `event_types`, on
-    the feed's thread, in commit order. `on_gap()` is called when the connection is lost."""
+    the feed's thread, in commit order. `on_gap()` is called when the connection is lost while listening.
+
+    With `wanted` (e.g. "are there watchers?") the feed listens only while it answers true, and `linger_seconds`
+    after: a replica nobody watches spends nothing on the stream of notifications. A new consumer calls
+    `ensure_listening()` once it counts for `wanted`, and may rely on the feed from its return (True) on.
+    Without `wanted` the feed always listens, from `start()` on.
+    """
 
     thread_name = "committed-events-feed"
 
@@ -73,6 +80,8 @@ class CommittedEventsFeed(ThreadWorker):
         on_event: Callable[[Broadcast], None],
         *,
         on_gap: Callable[[], None] = lambda: None,
+        wanted: Callable[[], bool] | None = None,
+        linger_seconds: float = 5.0,
         reconnect_max_seconds: float = 5.0,
         start_timeout: float = 10.0,
     ) -> None:
@@ -81,18 +90,35 @@ class CommittedEventsFeed(ThreadWorker):
         self.event_types = frozenset(event_types)
         self.on_event = on_event
         self.on_gap = on_gap
+        self.wanted = wanted
+        self.linger_seconds = linger_seconds
         self.reconnect_max_seconds = reconnect_max_seconds
         self.start_timeout = start_timeout
         self.live = threading.Event()  # listening: every broadcast committed from now on will be seen
         self.connections_opened = 0
+        self.listens = 0  # LISTENs issued (tests read it)
+        self._asked = threading.Event()  # someone waits in ensure_listening
         self._connection: psycopg.Connection | None = None
 
+    def _want(self) -> bool:
+        return self.wanted is None or self._asked.is_set() or self.wanted()
+
     def start(self) -> None:
-        """Start listening; waits (up to `start_timeout`) for the first LISTEN, so a service that starts serving
-        right after has a complete feed."""
+        """Start the feed. Without `wanted`, waits (up to `start_timeout`) for the first LISTEN, so a service that
+        starts serving right after has a complete feed."""
         super().start()
-        if not self.live.wait(self.start_timeout):
+        if self.wanted is None and not self.live.wait(self.start_timeout):
             log.warning("committed-events feed not listening yet; live streams refuse until it is")
+
+    def ensure_listening(self, timeout: float = 5.0) -> bool:
+        """Listen (if not yet) and wait until the feed is live; False if it could not be within `timeout`."""
+        if self.live.is_set():
+            return True
+        self._asked.set()
+        live = self.live.wait(timeout)
+        if live:
+            self._asked.clear()  # answered: it no longer keeps the feed wanted
+        return live
 
     def stop(self) -> None:
         self._stopping.set()
@@ -107,6 +133,9 @@ class CommittedEventsFeed(ThreadWorker):
     def _run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
+            if not self._want():
+                self._asked.wait(0.05)
+                continue
             try:
                 self._listen()
                 failures = 0
@@ -122,17 +151,37 @@ class CommittedEventsFeed(ThreadWorker):
                 self._stopping.wait(delay)
 
     def _listen(self) -> None:
+        """One connection: LISTEN, deliver, until stopping or (with `wanted`) nobody wanted the feed for a while."""
         with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as connection:
             self._connection = connection
             try:
                 connection.execute(f"LISTEN {CHANNEL}")
                 self.connections_opened += 1
+                self.listens += 1
                 self.live.set()
+                self._asked.clear()
+                unwanted_since: float | None = None
+                poll = 1.0 if self.wanted is None else 0.2
                 while not self._stopping.is_set():
-                    for notify in connection.notifies(timeout=1.0):
+                    for notify in connection.notifies(timeout=poll):
                         self._deliver(notify.payload)
                         if self._stopping.is_set():
                             break
+                    if self.wanted is None or self._want():
+                        unwanted_since = None
+                        continue
+                    now = time.monotonic()
+                    unwanted_since = unwanted_since or now
+                    if now - unwanted_since < self.linger_seconds:
+                        continue
+                    # Not live first, then look again: a consumer that counted for `wanted` before this look is
+                    # seen here; one that counts after it finds the feed not live and asks for it.
+                    self.live.clear()
+                    if self._want():
+                        self.live.set()
+                        unwanted_since = None
+                        continue
+                    return  # closing the connection ends the LISTEN
             finally:
                 self._connection = None
                 if self.live.is_set():

@@ -50,8 +50,14 @@ def create_app(settings: StockSettings) -> ServiceApp:
         app.database.on_committed_events(watch.committed)
     else:  # replicas: every replica's level changes, through the database
         app.database.broadcast(STOCK_LEVEL_CHANGED)
-        feed = CommittedEventsFeed(app.database.url, [STOCK_LEVEL_CHANGED], watch.changed, on_gap=watch.cut_off)
-        watch.available = feed.live.is_set
+        feed = CommittedEventsFeed(
+            app.database.url,
+            [STOCK_LEVEL_CHANGED],
+            watch.changed,
+            on_gap=watch.cut_off,
+            wanted=lambda: watch.subscriber_count() > 0,  # nobody watching: no notifications to read
+        )
+        watch.ensure_live = feed.ensure_listening
         app.workers.append(feed)
     app.database.on_committed_events(servicer.items.committed)
     app.host.on_stopping.append(watch.stop)

@@ -5,8 +5,9 @@ in commit order, without any query per client. Where they come from depends on t
 
 * SQLite (one process): the database's committed-events listener, on the committing thread (`committed`);
 * PostgreSQL (any number of replicas): every replica's commits, through the database's notifications
-  (`storeplane_runtime.broadcast`, `changed`). While that feed is down the hub is unavailable: watchers are cut off
-  (they must re-read levels and watch again) and new ones are refused, since changes could be missed.
+  (`storeplane_runtime.broadcast`, `changed`), listened to only while this replica has watchers. While that feed
+  is down the hub is unavailable: watchers are cut off (they must re-read levels and watch again) and new ones are
+  refused, since changes could be missed.
 
 Each subscriber has a bounded queue; one that falls behind is cut off (it must re-read levels) rather than slowing
 the writers.
@@ -83,15 +84,17 @@ class StockWatch:
         self._by_store: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self.stopping = threading.Event()
-        # Whether every committed change reaches this hub (false while a replica's feed reconnects).
-        self.available: Callable[[], bool] = lambda: True
+        # Makes sure every committed change reaches this hub from now on; False when it cannot (the replica's feed
+        # is down). Called after a new subscriber counts, so a feed that listens only while watched sees it.
+        self.ensure_live: Callable[[], bool] = lambda: True
 
     def subscribe(self, store_id: str, skus: Collection[str] = ()) -> Subscription:
-        if not self.available():
-            raise Unavailable("live stock changes are not available on this server right now; retry shortly")
         subscription = Subscription(self, store_id, skus, self.capacity)
         with self._lock:
             self._by_store.setdefault(store_id, set()).add(subscription)
+        if not self.ensure_live():
+            subscription.close()
+            raise Unavailable("live stock changes are not available on this server right now; retry shortly")
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
