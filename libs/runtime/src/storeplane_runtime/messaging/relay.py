@@ -9,6 +9,7 @@ publishing and marking sent publishes that batch again: consumers deduplicate on
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import threading
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import pika
 import pika.exceptions
 from pika.spec import Basic
-from sqlalchemy import Connection, Row, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, select, text, update
 
 from storeplane_runtime import telemetry
 from storeplane_runtime.db import Database
@@ -47,6 +48,7 @@ _PG_MARK_UNROUTABLE = text(
 )
 _UNROUTABLE = "unroutable: no queue bound to this event type"
 _COLUMNS = ("id", "event_id", "event_type", "source", "subject", "store_id", "payload", "headers", "occurred_at")
+_ID, _TYPE = 0, 2
 _SELECT_UNSENT = (
     select(*(outbox_table.c[name] for name in _COLUMNS))
     .where(outbox_table.c.sent_at.is_(None))
@@ -54,7 +56,7 @@ _SELECT_UNSENT = (
     .limit(bindparam("limit"))
 )
 _PG_SELECT_UNSENT = (
-    f"SELECT {', '.join(_COLUMNS)} FROM {outbox_table.name} WHERE sent_at IS NULL"
+    f"SELECT {', '.join(_COLUMNS).replace('headers', 'headers::text')} FROM {outbox_table.name} WHERE sent_at IS NULL"
     " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
 )
 
@@ -292,7 +294,7 @@ class OutboxRelay:
                     rows = self._select(conn, lock=False)
                 if not rows:
                     return 0
-                results = self.publisher.publish([_envelope(r) for r in rows])
+                results = self.publisher.publish(_envelopes(rows))
                 with conn.begin():
                     self._mark(conn, rows, results)
                 return len(rows)
@@ -300,19 +302,27 @@ class OutboxRelay:
             rows = self._select(conn, lock=True)
             if not rows:
                 return 0
-            results = self.publisher.publish([_envelope(r) for r in rows])
+            results = self.publisher.publish(_envelopes(rows))
             self._mark(conn, rows, results)
             return len(rows)
 
-    def _select(self, conn: Connection, *, lock: bool) -> Sequence[Row[Any]]:
+    def _select(self, conn: Connection, *, lock: bool) -> Sequence[Sequence[Any]]:
+        """Unsent rows as tuples of `_COLUMNS`, oldest first; on PostgreSQL locked (SKIP LOCKED) for this pass."""
         if conn.dialect.name == "postgresql":
-            # As the driver returns it (bytes, aware datetimes, parsed JSON): no per-row type processing.
-            return conn.exec_driver_sql(_PG_SELECT_UNSENT, {"limit": self.settings.outbox_batch_size}).all()
+            # Straight from the driver, in the connection's transaction: plain tuples, no per-row wrapping, and the
+            # headers as text (a unit of work gives all its events the same headers: parsed once per batch).
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(_PG_SELECT_UNSENT, {"limit": self.settings.outbox_batch_size})
+                rows: Sequence[Sequence[Any]] = cursor.fetchall()
+                return rows
+            finally:
+                cursor.close()
         return conn.execute(_SELECT_UNSENT, {"limit": self.settings.outbox_batch_size}).all()
 
-    def _mark(self, conn: Connection, rows: Sequence[Row[Any]], results: Sequence[str]) -> None:
+    def _mark(self, conn: Connection, rows: Sequence[Sequence[Any]], results: Sequence[str]) -> None:
         now = datetime.now(UTC)
-        sent = [r.id for r, res in zip(rows, results, strict=True) if res == OK]
+        sent = [r[_ID] for r, res in zip(rows, results, strict=True) if res == OK]
         unroutable = [r for r, res in zip(rows, results, strict=True) if res == UNROUTABLE]
         failed = [(r, res) for r, res in zip(rows, results, strict=True) if res not in (OK, UNROUTABLE)]
         if sent and conn.dialect.name == "postgresql":
@@ -321,7 +331,7 @@ class OutboxRelay:
             conn.execute(update(outbox_table).where(outbox_table.c.id.in_(sent)).values(sent_at=now))
         if unroutable:
             # Nothing is bound to this type: republishing cannot help. Reported by log and metric, kept as sent.
-            ids = [r.id for r in unroutable]
+            ids = [r[_ID] for r in unroutable]
             if conn.dialect.name == "postgresql":
                 conn.execute(_PG_MARK_UNROUTABLE, {"now": now, "error": _UNROUTABLE, "ids": ids})
             else:
@@ -331,13 +341,13 @@ class OutboxRelay:
         for row, error in failed:
             conn.execute(
                 update(outbox_table)
-                .where(outbox_table.c.id == row.id)
+                .where(outbox_table.c.id == row[_ID])
                 .values(attempts=outbox_table.c.attempts + 1, last_error=error[:500])
             )
         counts: dict[tuple[str, str], int] = {}
         for row, res in zip(rows, results, strict=True):
             if res in (OK, UNROUTABLE):
-                counts[(res, row.event_type)] = counts.get((res, row.event_type), 0) + 1
+                counts[(res, row[_TYPE])] = counts.get((res, row[_TYPE]), 0) + 1
         for (res, event_type), count in counts.items():
             metric = telemetry.EVENTS_PUBLISHED if res == OK else telemetry.EVENTS_UNROUTABLE
             metric.labels(self.service, event_type).inc(count)
@@ -399,16 +409,22 @@ class OutboxRelay:
         return total
 
 
-def _envelope(row: Row[Any]) -> Envelope:
-    values: Any = row  # a Row is a tuple of the _COLUMNS
-    _, event_id, event_type, source, subject, store_id, payload, headers, occurred_at = values
-    return Envelope(
-        event_id,
-        event_type,
-        source,
-        payload if type(payload) is bytes else bytes(payload),
-        occurred_at if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC),
-        subject or "",
-        store_id or "",
-        headers if type(headers) is dict else dict(headers or {}),
-    )
+def _envelopes(rows: Sequence[Sequence[Any]]) -> list[Envelope]:
+    parsed: dict[str, dict[str, str]] = {}  # headers text -> headers: the events of a unit of work share them
+    envelopes = []
+    for _, event_id, event_type, source, subject, store_id, payload, headers, occurred_at in rows:
+        if type(headers) is str:
+            headers = parsed.get(headers) or parsed.setdefault(headers, json.loads(headers) or {})
+        envelopes.append(
+            Envelope(
+                event_id,
+                event_type,
+                source,
+                payload if type(payload) is bytes else bytes(payload),
+                occurred_at if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC),
+                subject or "",
+                store_id or "",
+                headers if type(headers) is dict else dict(headers or {}),
+            )
+        )
+    return envelopes
