@@ -300,16 +300,12 @@ class Router(grpc.GenericRpcHandler):
                 response: bytes | None = next(call, None)
                 extra = next(call, None)  # the status: a unary backend ends after one message
             except grpc.RpcError as error:
-                observed.done(started, _code_of(error))
-                _send_initial(context, call)
-                _relay_error(context, error, service)
+                _answer_failure(context, call, error, service, observed, started)
             if response is None or extra is not None:
                 call.cancel()
                 observed.done(started, grpc.StatusCode.INTERNAL)
                 context.abort(grpc.StatusCode.INTERNAL, f"gateway: backend for {service} broke unary {method}")
-            _send_initial(context, call)
-            _set_trailing(context, call)
-            observed.done(started, grpc.StatusCode.OK)
+            _answer_success(context, call, observed, started)
             return response
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
@@ -344,15 +340,11 @@ class Router(grpc.GenericRpcHandler):
             try:
                 response: bytes = call.result()
             except grpc.RpcError as error:
-                observed.done(started, _code_of(error))
-                _send_initial(context, call)
-                _relay_error(context, error, service)
+                _answer_failure(context, call, error, service, observed, started)
             except grpc.FutureCancelledError:
                 observed.done(started, grpc.StatusCode.CANCELLED)
                 context.abort(grpc.StatusCode.CANCELLED, "gateway: call cancelled")
-            _send_initial(context, call)
-            _set_trailing(context, call)
-            observed.done(started, grpc.StatusCode.OK)
+            _answer_success(context, call, observed, started)
             return response
 
         return grpc.stream_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
@@ -370,6 +362,22 @@ class Router(grpc.GenericRpcHandler):
             return _relay_bidi(context, call, service, observed, started)
 
         return grpc.stream_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
+
+
+def _answer_failure(
+    context: grpc.ServicerContext, call: Any, error: grpc.RpcError, service: str, observed: _Observed, started: float
+) -> NoReturn:
+    """A unary answer (unary or client-stream call) that failed at the backend: its headers, status and trailers."""
+    observed.done(started, _code_of(error))
+    _send_initial(context, call)
+    _relay_error(context, error, service)
+
+
+def _answer_success(context: grpc.ServicerContext, call: Any, observed: _Observed, started: float) -> None:
+    """A unary answer the backend gave: its headers and trailers go with the response."""
+    _send_initial(context, call)
+    _set_trailing(context, call)
+    observed.done(started, grpc.StatusCode.OK)
 
 
 def _relay_server_stream(
