@@ -83,6 +83,31 @@ def test_another_process_sees_committed_broadcasts_in_commit_order_and_nothing_e
         feed.stop()
 
 
+def test_an_event_too_large_for_a_notification_is_told_without_its_body(replicas: tuple[Database, str]) -> None:
+    writer, url = replicas
+    told: queue.Queue[Broadcast] = queue.Queue()
+    feed = CommittedEventsFeed(url, [CHANGED], told.put)
+    feed.start()
+    try:
+        big = _changed("BIG", 1)
+        big.change.reference_id = "x" * 6000  # over pg_notify's limit once in base64
+        with UnitOfWork(writer, source="stock") as uow:
+            uow.publish(big, store_id="berlin-mitte", subject="BIG with spaces")
+            uow.publish(_changed("SMALL", 2), store_id="berlin-mitte", subject="SMALL")
+            uow.commit()
+        first, second = told.get(timeout=5), told.get(timeout=5)
+        assert (first.event_type, first.store_id, first.subject, first.complete) == (
+            CHANGED,
+            "berlin-mitte",
+            "BIG with spaces",
+            False,
+        )
+        assert (second.subject, second.complete) == ("SMALL", True)
+        assert events_pb2.StockLevelChanged.FromString(second.payload).change.on_hand == 2
+    finally:
+        feed.stop()
+
+
 def test_a_lost_connection_is_reported_as_a_gap_and_the_feed_listens_again(replicas: tuple[Database, str]) -> None:
     writer, url = replicas
     feed, got, gaps = _feed(url)

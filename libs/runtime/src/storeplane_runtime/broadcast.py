@@ -30,22 +30,32 @@ __all__ = ["CHANNEL", "Broadcast", "CommittedEventsFeed", "decode", "encode_sql"
 log = logging.getLogger(__name__)
 
 CHANNEL = "storeplane_committed_events"
-# pg_notify refuses payloads of 8000 bytes or more; larger events are not broadcast (the feed's users take small
-# ones: level changes). Base64 grows a payload by a third.
+# pg_notify refuses payloads of 8000 bytes or more; a larger event is told without its body (`complete` is False):
+# its type, store and subject still reach every listener. Base64 grows a payload by a third.
 MAX_PAYLOAD_BYTES = 5000
 
-# The SQL expression of one notification for an outbox row `ins` (event_type, store_id and payload columns).
-encode_sql = "ins.event_type || ' ' || ins.store_id || ' ' || encode(ins.payload, 'base64')"
+# The SQL expression of one notification for an outbox row `ins` (event_type, store_id, subject, payload columns):
+# "type store body subject", the subject last as it is the one part that may hold spaces (base64 has none).
+encode_sql = (
+    "ins.event_type || ' ' || ins.store_id || ' '"
+    f" || CASE WHEN length(ins.payload) < {MAX_PAYLOAD_BYTES} THEN encode(ins.payload, 'base64')"
+    " ELSE '' END || ' ' || ins.subject"
+)
 
 
 class Broadcast:
-    """One notified event: its type and store at once, its protobuf bytes decoded only when asked for (a listener
-    with no interest in the store pays nothing for them)."""
+    """One notified event: its type, store and subject at once, its protobuf bytes decoded only when asked for (a
+    listener with no interest in the store pays nothing for them). An event too large for a notification comes
+    without its bytes (`complete` False): a listener that needs them re-reads what it keeps."""
 
-    __slots__ = ("_body", "event_type", "store_id")
+    __slots__ = ("_body", "event_type", "store_id", "subject")
 
-    def __init__(self, event_type: str, store_id: str, body: str) -> None:
-        self.event_type, self.store_id, self._body = event_type, store_id, body
+    def __init__(self, event_type: str, store_id: str, body: str, subject: str = "") -> None:
+        self.event_type, self.store_id, self._body, self.subject = event_type, store_id, body, subject
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._body)
 
     @property
     def payload(self) -> bytes:
@@ -54,11 +64,10 @@ class Broadcast:
 
 def decode(notification: str) -> Broadcast:
     """A notification's payload -> the `Broadcast` (ValueError when it is not one of ours)."""
-    event_type, sep, rest = notification.partition(" ")
-    store_id, sep2, body = rest.partition(" ")
-    if not (sep and sep2 and event_type):
+    parts = notification.split(" ", 3)
+    if len(parts) < 3 or not parts[0]:
         raise ValueError("not a broadcast")
-    return Broadcast(event_type, store_id, body)
+    return Broadcast(parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else "")
 
 
 class CommittedEventsFeed(ThreadWorker):

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from storeplane_runtime.broadcast import CHANNEL, MAX_PAYLOAD_BYTES, encode_sql
+from storeplane_runtime.broadcast import CHANNEL, encode_sql
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -220,9 +220,9 @@ _INSERT_PG = (
 
 # The same insert, and a notification of each inserted event of a broadcast type (see storeplane_runtime.broadcast).
 _INSERT_PG_BROADCAST = (
-    f"WITH ins AS ({_INSERT_PG} RETURNING event_type, store_id, payload)"
+    f"WITH ins AS ({_INSERT_PG} RETURNING event_type, store_id, subject, payload)"
     f" SELECT count(pg_notify('{CHANNEL}', {encode_sql})) FROM ins"
-    f" WHERE ins.event_type = ANY(CAST(%(broadcast)b AS text[])) AND length(ins.payload) < {MAX_PAYLOAD_BYTES}"
+    " WHERE ins.event_type = ANY(CAST(%(broadcast)b AS text[]))"
 )
 
 

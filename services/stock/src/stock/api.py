@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from stock import events, imports, services, storage
+from stock.answers import GetItemAnswers
 from stock.domain import (
     MAX_BARCODE_LENGTH,
     MAX_NOTE_LENGTH,
@@ -83,6 +84,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         self.watch = watch
         self.policy = policy
         self.items = ItemCache()
+        self.answers = GetItemAnswers(settings.get_item_cache_size, settings.get_item_cache_seconds)
 
     @property
     def database(self) -> Database:
@@ -96,9 +98,15 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
     # --- reads ----------------------------------------------------------------------------------------------
 
     def GetItem(self, request: stock_pb2.GetItemRequest, context: grpc.ServicerContext) -> stock_pb2.GetItemResponse:
+        key = request.WhichOneof("key")
+        # Only answers to valid requests are kept, so a kept answer needs no checks (stores never change at runtime).
+        asked = (request.store_id, key or "", request.barcode if key == "barcode" else request.sku)
+        answer = self.answers.get(asked)
+        if answer is not None:
+            return answer
+        ticket = self.answers.ticket()  # before reading: a change committed after it means the read is not kept
         v = Violations()
         v.store("store_id", request.store_id, self.stores)
-        key = request.WhichOneof("key")
         if key is None:
             v.add("key", "give sku or barcode")
         elif key == "sku":
@@ -122,12 +130,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                 cached = self.items.put(item)
         item = cached.item
         price = item.price_in(store.currency)
-        return stock_pb2.GetItemResponse(
+        answer = stock_pb2.GetItemResponse(
             item=cached.message,
             price=common_pb2.Money(amount_minor=price, currency_code=store.currency),
             tax_class=item.tax_class,
             level=events.level_message(shelf.level),
         )
+        self.answers.put(ticket, asked, item.sku, answer)
+        return answer
 
     def GetAvailability(
         self, request: stock_pb2.GetAvailabilityRequest, context: grpc.ServicerContext

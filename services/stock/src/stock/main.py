@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from stock.answers import ITEM_UPDATED
 from stock.api import ERROR_TABLE, NAME, StockServicer
 from stock.consumers import stock_consumers
 from stock.events import STOCK_LEVEL_CHANGED
@@ -14,7 +15,7 @@ from stock.services import StockPolicy
 from stock.settings import StockSettings
 from stock.watch import StockWatch
 from storeplane_runtime.app import ServiceApp, command_line
-from storeplane_runtime.broadcast import CommittedEventsFeed
+from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed
 from storeplane_runtime.server import Registration
 from storeplane_runtime.stores import load_stores
 
@@ -46,20 +47,34 @@ def create_app(settings: StockSettings) -> ServiceApp:
     )
     assert app.database is not None
     servicer.database = app.database  # the app owns the database; the servicer gets it once it exists
+    answers = servicer.answers
     if app.database.is_sqlite:  # one process: its own commits are all the commits
         app.database.on_committed_events(watch.committed)
-    else:  # replicas: every replica's level changes, through the database
-        app.database.broadcast(STOCK_LEVEL_CHANGED)
+    else:  # replicas: every replica's level changes (and item updates, for GetItem answers), through the database
+        told = [STOCK_LEVEL_CHANGED, ITEM_UPDATED] if answers.enabled else [STOCK_LEVEL_CHANGED]
+        app.database.broadcast(*told)
+
+        def on_event(broadcast: Broadcast) -> None:
+            answers.broadcast(broadcast)
+            watch.changed(broadcast)
+
+        def on_gap() -> None:
+            answers.clear()
+            watch.cut_off()
+
         feed = CommittedEventsFeed(
             app.database.url,
-            [STOCK_LEVEL_CHANGED],
-            watch.changed,
-            on_gap=watch.cut_off,
-            wanted=lambda: watch.subscriber_count() > 0,  # nobody watching: no notifications to read
+            told,
+            on_event,
+            on_gap=on_gap,
+            # Kept answers need every change; without them, nobody watching means no notifications to read.
+            wanted=None if answers.enabled else lambda: watch.subscriber_count() > 0,
         )
         watch.ensure_live = feed.ensure_listening
+        answers.live = feed.live.is_set
         app.workers.append(feed)
     app.database.on_committed_events(servicer.items.committed)
+    app.database.on_committed_events(answers.committed)
     app.host.on_stopping.append(watch.stop)
     app.workers.append(
         ExpirySweeper(

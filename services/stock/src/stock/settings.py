@@ -23,6 +23,10 @@ class StockSettings(ServiceSettings):
     expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
     # Rows applied per transaction by the imports (bounded memory whatever the stream length).
     import_chunk_rows: int = Field(default=1000, ge=1, le=50_000)
+    # GetItem answers kept in memory (0: none), and how long one may be served at most; any change of the item or
+    # its level drops it at once (through the committed-events feed on PostgreSQL, so the feed always listens).
+    get_item_cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
+    get_item_cache_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Changes buffered per WatchStock subscriber; a subscriber that falls this far behind is cut off.
     watch_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
 

@@ -120,6 +120,9 @@ class StockWatch:
     def changed(self, broadcast: Broadcast) -> None:
         """Feed handler (PostgreSQL): one committed StockLevelChanged of any replica, in commit order."""
         if broadcast.event_type == STOCK_LEVEL_CHANGED and self._by_store:
+            if not broadcast.complete:  # too large to be told (cannot happen for a level change): a gap
+                self.cut_off()
+                return
             self._offer(broadcast.store_id, lambda: broadcast.payload)
 
     def _offer(self, store_id: str, payload: Callable[[], bytes]) -> None:
