@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from pos.stock.v1 import events_pb2, stock_pb2
 from storeplane_runtime import migrations
-from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed
+from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed, decode, encode
 from storeplane_runtime.db import Database, UnitOfWork
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
@@ -106,6 +106,39 @@ def test_an_event_too_large_for_a_notification_is_told_without_its_body(replicas
         assert events_pb2.StockLevelChanged.FromString(second.payload).change.on_hand == 2
     finally:
         feed.stop()
+
+
+def test_a_transaction_of_many_events_is_told_in_few_notifications_in_order(replicas: tuple[Database, str]) -> None:
+    writer, url = replicas
+    feed, got, _ = _feed(url)
+    try:
+        _commit(writer, *[_changed(f"S{n}", n) for n in range(2000)])
+        assert _drain(got, 2000) == [(f"S{n}", n) for n in range(2000)]
+    finally:
+        feed.stop()
+    notifications = encode(
+        (CHANGED, "berlin-mitte", _changed(f"S{n}", n).SerializeToString(), f"S{n}") for n in range(2000)
+    )
+    assert 10 <= len(notifications) <= 60  # tens of events in each, not one notification per event
+    assert all(len(n.encode()) < 8000 for n in notifications)
+    assert [b.subject for n in notifications for b in decode(n)] == [f"S{n}" for n in range(2000)]
+
+
+def test_encoding_keeps_every_notification_within_the_limit_whatever_the_event() -> None:
+    huge_subject = "ü" * 5000  # 10,000 bytes
+    told = encode(
+        [
+            (CHANGED, "berlin-mitte", b"x" * 4000, "A B"),
+            (CHANGED, "berlin-mitte", b"y" * 4000, "line\nbreak"),
+            (CHANGED, "berlin-mitte", b"z", huge_subject),
+        ]
+    )
+    assert all(len(n.encode()) < 8000 for n in told)
+    decoded = [b for n in told for b in decode(n)]
+    assert [(b.subject, b.complete) for b in decoded] == [("A B", True), ("", True), ("", False)]
+    assert decoded[0].payload == b"x" * 4000
+    with pytest.raises(ValueError):
+        decode("pos.stock.v1.StockLevelChanged berlin-mitte QUJD")  # the old three-part format
 
 
 def test_a_lost_connection_is_reported_as_a_gap_and_the_feed_listens_again(replicas: tuple[Database, str]) -> None:

@@ -277,3 +277,26 @@ def test_items_batched_and_single_are_imported_in_order_with_stream_row_numbers(
         + [item("C", barcode="1"), item("A", barcode="4", eur=1500), item("D")]
     ]
     assert stock.stub.ImportItems(iter(one_by_one), timeout=30).summary == summary
+
+
+def test_events_of_chunks_written_off_the_call_thread_carry_the_caller_trace(stock: RunningStock) -> None:
+    from sqlalchemy import select
+
+    from storeplane_runtime.outbox import outbox_table as t
+
+    skus = 300  # 1,200 rows: two chunks, written by the import's own thread while the next is read
+    stock.stub.ImportItems(_items_stream("items-trace", skus), timeout=60)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    summary = stock.stub.ImportStockLevels(
+        _levels_stream("levels-trace", skus=skus),
+        timeout=60,
+        metadata=[("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")],
+    ).summary
+    assert (summary.received, summary.created) == (1200, 1199)  # row 17 names an unknown store
+    assert stock.app.database is not None
+    with stock.app.database.engine.connect() as conn:
+        headers = conn.execute(
+            select(t.c.headers).where(t.c.event_type == "pos.stock.v1.StockLevelChanged").order_by(t.c.id)
+        ).all()
+    assert len(headers) == 1199
+    assert {h.headers["traceparent"].split("-")[1] for h in headers} == {trace_id}

@@ -2,10 +2,12 @@
 
 `Database.on_committed_events` sees the commits of its own process only. A service that runs several replicas and
 streams live changes to clients (stock's WatchStock) needs every replica's commits. On PostgreSQL the outbox insert
-of a unit of work that writes such events also calls `pg_notify` for each of them, in the same statement and the
-same transaction (see `outbox.write`): PostgreSQL delivers the notifications at commit, in commit order, to every
-listening session, and never for a transaction that rolled back. `CommittedEventsFeed` is that listening session:
-a worker thread with a connection of its own that hands each event to the service.
+of a unit of work that writes such events also calls `pg_notify` for them, in the same statement and the same
+transaction (see `outbox.write`): PostgreSQL delivers the notifications at commit, in commit order, to every
+listening session, and never for a transaction that rolled back. One notification carries as many events as fit
+(`encode`): a bulk import tells its thousands of level changes in a few dozen notifications.
+`CommittedEventsFeed` is that listening session: a worker thread with a connection of its own that hands each
+event to the service.
 
 No notification outlives a dropped listening connection, so a feed that lost its connection reports a gap
 (`on_gap`) and is not `live` until it listens again: a consumer must then treat what it streamed as incomplete.
@@ -18,29 +20,53 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 import psycopg
 from sqlalchemy.engine import make_url
 
 from storeplane_runtime.workers import ThreadWorker
 
-__all__ = ["CHANNEL", "Broadcast", "CommittedEventsFeed", "decode", "encode_sql"]
+__all__ = ["CHANNEL", "Broadcast", "CommittedEventsFeed", "decode", "encode"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "storeplane_committed_events"
-# pg_notify refuses payloads of 8000 bytes or more; a larger event is told without its body (`complete` is False):
-# its type, store and subject still reach every listener. Base64 grows a payload by a third.
+# pg_notify refuses payloads of 8000 bytes or more. An event whose bytes exceed MAX_PAYLOAD_BYTES is told without
+# them (`complete` is False): its type, store and subject still reach every listener. Base64 grows bytes by a third.
 MAX_PAYLOAD_BYTES = 5000
+MAX_NOTIFICATION_BYTES = 7900
 
-# The SQL expression of one notification for an outbox row `ins` (event_type, store_id, subject, payload columns):
-# "type store body subject", the subject last as it is the one part that may hold spaces (base64 has none).
-encode_sql = (
-    "ins.event_type || ' ' || ins.store_id || ' '"
-    f" || CASE WHEN length(ins.payload) < {MAX_PAYLOAD_BYTES} THEN encode(ins.payload, 'base64')"
-    " ELSE '' END || ' ' || ins.subject"
-)
+
+def _entry(event_type: str, store_id: str, payload: bytes, subject: str) -> str:
+    # "type store body subject": the subject last, as the one part that may hold spaces (base64 has none); entries
+    # are separated by newlines, so a subject with one is left out (a listener then knows the type and store only).
+    body = base64.b64encode(payload).decode("ascii") if len(payload) < MAX_PAYLOAD_BYTES else ""
+    if "\n" in subject:
+        subject = ""
+    return f"{event_type} {store_id} {body} {subject}"
+
+
+def encode(events: Iterable[tuple[str, str, bytes, str]]) -> list[str]:
+    """(event type, store, bytes, subject) of events in commit order -> notification payloads, each within
+    pg_notify's limit (in bytes), together in the same order."""
+    notifications: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for event_type, store_id, payload, subject in events:
+        entry = _entry(event_type, store_id, payload, subject)
+        length = len(entry.encode())
+        if length > MAX_NOTIFICATION_BYTES:  # an outsized subject or store: told with type and store only
+            entry = _entry(event_type, store_id[:200], b"", "")
+            length = len(entry.encode())
+        if batch and size + length > MAX_NOTIFICATION_BYTES:
+            notifications.append("\n".join(batch))
+            batch, size = [], 0
+        batch.append(entry)
+        size += length + 1
+    if batch:
+        notifications.append("\n".join(batch))
+    return notifications
 
 
 class Broadcast:
@@ -62,12 +88,15 @@ class Broadcast:
         return base64.b64decode(self._body)
 
 
-def decode(notification: str) -> Broadcast:
-    """A notification's payload -> the `Broadcast` (ValueError when it is not one of ours)."""
-    parts = notification.split(" ", 3)
-    if len(parts) < 3 or not parts[0]:
-        raise ValueError("not a broadcast")
-    return Broadcast(parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else "")
+def decode(notification: str) -> list[Broadcast]:
+    """A notification's payload -> its `Broadcast`s, in order (ValueError when it is not one of ours)."""
+    told = []
+    for entry in notification.split("\n"):
+        parts = entry.split(" ", 3)
+        if len(parts) != 4 or not parts[0]:
+            raise ValueError("not a broadcast")
+        told.append(Broadcast(*parts))
+    return told
 
 
 class CommittedEventsFeed(ThreadWorker):
@@ -200,15 +229,17 @@ class CommittedEventsFeed(ThreadWorker):
 
     def _deliver(self, payload: str) -> None:
         try:
-            broadcast = decode(payload)
-        except ValueError:
-            log.warning("undecodable broadcast ignored", extra={"payload": payload[:100]})
+            told = decode(payload)
+        except ValueError:  # not ours, or from a replica that speaks another format: what it said is lost
+            log.warning("undecodable broadcast: reported as a gap", extra={"payload": payload[:100]})
+            self._gap()
             return
-        if broadcast.event_type in self.event_types:
-            try:
-                self.on_event(broadcast)
-            except Exception:
-                log.exception("committed-events feed handler failed")
+        for broadcast in told:
+            if broadcast.event_type in self.event_types:
+                try:
+                    self.on_event(broadcast)
+                except Exception:
+                    log.exception("committed-events feed handler failed")
 
     def _gap(self) -> None:
         try:

@@ -34,7 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from storeplane_runtime.broadcast import CHANNEL, encode_sql
+from storeplane_runtime.broadcast import CHANNEL
+from storeplane_runtime.broadcast import encode as broadcast_encode
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -218,11 +219,10 @@ _INSERT_PG = (
 )
 
 
-# The same insert, and a notification of each inserted event of a broadcast type (see storeplane_runtime.broadcast).
+# The same insert, and the notifications of the events of broadcast types (see storeplane_runtime.broadcast).
 _INSERT_PG_BROADCAST = (
-    f"WITH ins AS ({_INSERT_PG} RETURNING event_type, store_id, subject, payload)"
-    f" SELECT count(pg_notify('{CHANNEL}', {encode_sql})) FROM ins"
-    " WHERE ins.event_type = ANY(CAST(%(broadcast)b AS text[]))"
+    f"WITH ins AS ({_INSERT_PG})"
+    f" SELECT count(pg_notify('{CHANNEL}', n)) FROM unnest(CAST(%(notifications)b AS text[])) AS n"
 )
 
 
@@ -234,11 +234,13 @@ def write(
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if bind.dialect.name == "postgresql":
         encoded: dict[int, str] = {}  # a unit of work shares one headers dict among its events: encode it once
-        told = [t for t in broadcast if any(e.event_type == t for e in events)] if broadcast else []
+        told = broadcast_encode(
+            (e.event_type, e.store_id, e.payload, e.subject) for e in events if e.event_type in broadcast
+        )
         (connection.connection() if isinstance(connection, Session) else connection).exec_driver_sql(
             _INSERT_PG_BROADCAST if told else _INSERT_PG,
             {
-                **({"broadcast": told} if told else {}),
+                **({"notifications": told} if told else {}),
                 "event_ids": [e.event_id for e in events],
                 "event_types": [e.event_type for e in events],
                 "sources": [e.source for e in events],

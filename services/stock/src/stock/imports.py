@@ -10,13 +10,18 @@ stream is only read (to compare its rows with the first one's) and the first sum
 applied twice. Otherwise the rows are applied and the key is stored with the summary when the stream ends. A
 stream broken off midway leaves its committed chunks applied and no key: sending it again is safe, because rows
 are upserts ("unchanged" where they already hold).
+
+While one chunk is written (a thread of the import's own, in the caller's context), the next is read and checked:
+the database and the checking overlap, and at most two chunks are held at once.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
@@ -140,32 +145,65 @@ def run_import(
     keys: set[object] = set()
     validate, dedupe_key = kind.validate, kind.dedupe_key
     number = 0  # rows so far, across messages
-    for message in stream:
-        other_id: str = message.request_id  # type: ignore[attr-defined]
-        foreign = bool(other_id) and other_id != request_id
-        rows = kind.rows_of(message)
-        _hash_rows(digest, rows)
-        for row in rows:
-            number += 1
-            if foreign:
-                tally.reject(number, kind.key_of(row), "request_id differs from the first message's")
-                continue
-            checked = validate(row)
-            if isinstance(checked, str):
-                tally.reject(number, kind.key_of(row), checked)
-                continue
-            key = dedupe_key(checked)
-            if key in keys or len(chunk) >= chunk_rows:
-                tally.add(_apply_chunk(database, kind, chunk, source, request_id))
-                chunk, keys = [], set()
-            chunk.append((number, checked))
-            keys.add(key)
-    if chunk:
-        tally.add(_apply_chunk(database, kind, chunk, source, request_id))
+    with _ChunkWriter(database, kind, source, request_id, tally) as writer:
+        for message in stream:
+            other_id: str = message.request_id  # type: ignore[attr-defined]
+            foreign = bool(other_id) and other_id != request_id
+            rows = kind.rows_of(message)
+            _hash_rows(digest, rows)
+            for row in rows:
+                number += 1
+                if foreign:
+                    tally.reject(number, kind.key_of(row), "request_id differs from the first message's")
+                    continue
+                checked = validate(row)
+                if isinstance(checked, str):
+                    tally.reject(number, kind.key_of(row), checked)
+                    continue
+                key = dedupe_key(checked)
+                if key in keys or len(chunk) >= chunk_rows:
+                    writer.write(chunk)
+                    chunk, keys = [], set()
+                chunk.append((number, checked))
+                keys.add(key)
+        if chunk:
+            writer.write(chunk)
+        writer.finish()
     tally.received = number
     summary = tally.summary()
     _store(database, caller, request_id, kind.method, digest.hexdigest(), summary)
     return summary
+
+
+class _ChunkWriter(Generic[Q, M, R]):
+    """Applies an import's chunks in order on a thread of its own, one at a time, while the caller builds the next:
+    `write` waits for the chunk before (so at most two are held) and hands the new one over. A failed chunk fails
+    the next `write` or `finish`; leaving the block waits for the chunk being written."""
+
+    def __init__(
+        self, database: Database, kind: ImportKind[Q, M, R], source: str, reference: str, tally: Tally
+    ) -> None:
+        self.database, self.kind, self.source, self.reference, self.tally = database, kind, source, reference, tally
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-chunks")
+        self._writing: Future[ChunkResult] | None = None
+        self._context = contextvars.copy_context()  # the call's trace and log context, for the events it causes
+
+    def __enter__(self) -> _ChunkWriter[Q, M, R]:
+        return self
+
+    def write(self, chunk: Sequence[tuple[int, R]]) -> None:
+        self.finish()
+        self._writing = self._executor.submit(
+            self._context.copy().run, _apply_chunk, self.database, self.kind, chunk, self.source, self.reference
+        )
+
+    def finish(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            self.tally.add(writing.result())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._executor.shutdown(wait=True)  # a chunk being written when the stream failed still ends first
 
 
 def _chain(first: Q, rest: Iterator[Q]) -> Iterator[Q]:
