@@ -109,3 +109,33 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced_on_checkout(postgr
             assert conn.execute(text("select pg_backend_pid()")).scalar_one() != pid
     finally:
         db.dispose()
+
+
+def test_driver_statements_raise_sqlalchemy_errors_and_a_broken_connection_is_not_reused(postgres_url: str) -> None:
+    from sqlalchemy import exc, text
+
+    from storeplane_runtime.driver import driver_execute
+
+    db = Database(postgres_url, pool_size=1, max_overflow=0)  # one connection: a reused broken one would show
+    migrations.upgrade(db.engine, MIGRATIONS)
+    insert = "INSERT INTO applied_documents (kind, document_id, applied_at) VALUES ('sale', %(id)s, now())"
+    try:
+        with UnitOfWork(db, source="stock") as uow:
+            driver_execute(uow.connection, insert, {"id": "S-1"})
+            assert driver_execute(uow.connection, "SELECT count(*) AS n FROM applied_documents").fetchone().n == 1
+            uow.commit()
+        with pytest.raises(exc.IntegrityError), UnitOfWork(db, source="stock") as uow:
+            driver_execute(uow.connection, insert, {"id": "S-1"})
+        with UnitOfWork(db, source="stock") as uow:  # the failed transaction was rolled back: the connection works
+            pid = driver_execute(uow.connection, "SELECT pg_backend_pid() AS pid").fetchone().pid
+            killer = Database(postgres_url)
+            with killer.engine.begin() as conn:
+                conn.execute(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+            killer.dispose()
+            with pytest.raises(exc.OperationalError) as raised:
+                driver_execute(uow.connection, "SELECT 1")
+            assert raised.value.connection_invalidated
+        with UnitOfWork(db, source="stock") as uow:
+            assert driver_execute(uow.connection, "SELECT pg_backend_pid() AS pid").fetchone().pid != pid
+    finally:
+        db.dispose()

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from google.protobuf.message import Message
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -141,19 +141,23 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 class UnitOfWork:
     """One transaction: state changes and the events they cause commit together or not at all.
 
-    Use as a context manager; nothing is committed unless `commit()` is called.
+    Use as a context manager; nothing is committed unless `commit()` is called. The transaction is a Core
+    connection's (`connection`); an ORM `session` is made on it only for code that asks for one, and is flushed at
+    commit: hot paths pay for no Session.
     """
 
     def __init__(self, database: Database, *, source: str) -> None:
         self.database = database
         self.source = source
-        self.session: Session
+        self._connection: Connection | None = None
+        self._transaction: RootTransaction | None = None
+        self._session: Session | None = None
         self._pending: list[outbox.PendingEvent] = []
         self._trace_headers: dict[str, str] | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
-        self.session = self.database.sessions()
+        self._connection = self._transaction = self._session = None
         self._pending = []
         self._trace_headers = None
         self._committed = False
@@ -161,17 +165,36 @@ class UnitOfWork:
 
     @property
     def connection(self) -> Connection:
-        """The session's connection in this transaction: Core statements run here without the ORM's overhead."""
-        return self.session.connection()
+        """This transaction's connection: Core statements run here without the ORM's overhead."""
+        if self._connection is None:
+            connection = self.database.engine.connect()
+            try:
+                self._transaction = connection.begin()
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    @property
+    def session(self) -> Session:
+        """An ORM session in this transaction (it never commits or rolls back the transaction itself)."""
+        if self._session is None:
+            self._session = Session(bind=self.connection, expire_on_commit=False, join_transaction_mode="rollback_only")
+        return self._session
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if not self._committed:
-                self.session.rollback()
+            if self._session is not None:
+                self._session.close()
+            if not self._committed and self._transaction is not None and self._transaction.is_active:
+                self._transaction.rollback()
         finally:
-            self.session.close()
+            if self._connection is not None:
+                self._connection.close()
+            self._connection = self._transaction = self._session = None
 
     @property
     def trace_headers(self) -> dict[str, str]:
@@ -195,14 +218,25 @@ class UnitOfWork:
 
     def commit(self) -> None:
         written = self._pending
+        if self._session is not None:
+            self._session.flush()
         if written:
             outbox.write(self.connection, written, self.database.broadcast_types)
             self._pending = []
-        self.session.commit()
+        if self._transaction is not None:
+            self._transaction.commit()
         self._committed = True
         if written:
             self.database.events_committed(written)
 
     def rollback(self) -> None:
+        """Undo everything of this transaction; the unit of work may then be used again (a new transaction)."""
         self._pending = []
-        self.session.rollback()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._transaction is not None and self._transaction.is_active:
+            self._transaction.rollback()
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = self._transaction = None

@@ -13,6 +13,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.errors import FieldViolation, IdempotencyKeyReused, InvalidInput
 from storeplane_runtime.outbox import idempotency_table, utcnow
 
@@ -27,6 +28,15 @@ _LOOKUP = select(_t.c.request_hash, _t.c.method, _t.c.response).where(
     _t.c.caller == bindparam("k_caller"), _t.c.request_id == bindparam("k_request_id")
 )
 _REMEMBER = insert(_t)
+# PostgreSQL: the same, run straight on the driver (see storeplane_runtime.driver).
+_LOOKUP_PG = (
+    "SELECT request_hash, method, response FROM idempotency_keys"
+    " WHERE caller = %(k_caller)s AND request_id = %(k_request_id)s"
+)
+_REMEMBER_PG = (
+    "INSERT INTO idempotency_keys (caller, request_id, method, request_hash, response, created_at)"
+    " VALUES (%(caller)s, %(request_id)s, %(method)s, %(request_hash)s, %(response)b, %(created_at)s)"
+)
 
 
 def fingerprint(request: Message) -> str:
@@ -66,9 +76,14 @@ def run_once(
     """
     check_request_id(request_id)
     digest = fingerprint(request)
+    postgres = not database.is_sqlite
     for _ in range(2):
         with UnitOfWork(database, source=source) as uow:
-            row = uow.connection.execute(_LOOKUP, {"k_caller": caller, "k_request_id": request_id}).first()
+            key = {"k_caller": caller, "k_request_id": request_id}
+            if postgres:
+                row = driver_execute(uow.connection, _LOOKUP_PG, key).fetchone()
+            else:
+                row = uow.connection.execute(_LOOKUP, key).first()
             if row is not None:
                 if row.request_hash != digest or row.method != method:
                     raise IdempotencyKeyReused(
@@ -78,17 +93,18 @@ def run_once(
                 return response_type.FromString(row.response)
             response = work(uow)
             try:
-                uow.connection.execute(
-                    _REMEMBER,
-                    {
-                        "caller": caller,
-                        "request_id": request_id,
-                        "method": method,
-                        "request_hash": digest,
-                        "response": response.SerializeToString(deterministic=True),
-                        "created_at": utcnow(),
-                    },
-                )
+                remembered = {
+                    "caller": caller,
+                    "request_id": request_id,
+                    "method": method,
+                    "request_hash": digest,
+                    "response": response.SerializeToString(deterministic=True),
+                    "created_at": utcnow(),
+                }
+                if postgres:
+                    driver_execute(uow.connection, _REMEMBER_PG, remembered)
+                else:
+                    uow.connection.execute(_REMEMBER, remembered)
                 uow.commit()
             except IntegrityError:
                 continue  # a concurrent call with the same key won; our work rolls back, replay its answer

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from storeplane_runtime.broadcast import CHANNEL
 from storeplane_runtime.broadcast import encode as broadcast_encode
+from storeplane_runtime.driver import driver_execute
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -237,7 +238,8 @@ def write(
         told = broadcast_encode(
             (e.event_type, e.store_id, e.payload, e.subject) for e in events if e.event_type in broadcast
         )
-        (connection.connection() if isinstance(connection, Session) else connection).exec_driver_sql(
+        driver_execute(
+            connection.connection() if isinstance(connection, Session) else connection,
             _INSERT_PG_BROADCAST if told else _INSERT_PG,
             {
                 **({"notifications": told} if told else {}),

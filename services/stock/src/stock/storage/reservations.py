@@ -8,12 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from stock.domain import Level, Reservation, ReservationState, ReservedLine
 from stock.storage.levels import WRITE_PG_SQL, level_arrays, write_levels
-from stock.storage.tables import Db, driver_sql, is_postgres, on_postgres, reservations, utc
+from stock.storage.tables import Db, driver_sql, is_postgres, reservations, utc
 
 _r = reservations
 ACTIVE = ReservationState.ACTIVE.value
@@ -35,7 +34,12 @@ def _lock_statement(insert: Any) -> Any:
     return stmt.returning(*_r.c)
 
 
-_LOCK_PG = _lock_statement(pg_insert)
+_LOCK_PG = (
+    "INSERT INTO reservations (reservation_id, store_id, state, lines, expires_at, updated_at)"
+    " VALUES (%(reservation_id)s, %(store_id)s, 'NEW', CAST('[]' AS json), %(now)s, %(now)s)"
+    " ON CONFLICT (reservation_id) DO UPDATE SET reservation_id = excluded.reservation_id"
+    " RETURNING reservation_id, store_id, state, lines, expires_at, updated_at"
+)
 _LOCK_SQLITE = _lock_statement(sqlite_insert)
 _SAVE = (
     update(_r)
@@ -95,8 +99,12 @@ def lock_reservation(conn: Db, reservation_id: str, store_id: str, now: datetime
 
     Locking first serialises concurrent Reserves of one reservation: each plans from what the previous committed.
     """
-    params = {"reservation_id": reservation_id, "store_id": store_id, "no_lines": [], "now": now}
-    row = conn.execute(on_postgres(conn, _LOCK_PG, _LOCK_SQLITE), params).one()
+    if is_postgres(conn):
+        params: dict[str, Any] = {"reservation_id": reservation_id, "store_id": store_id, "now": now}
+        row = driver_sql(conn, _LOCK_PG, params).fetchone()
+    else:
+        params = {"reservation_id": reservation_id, "store_id": store_id, "no_lines": [], "now": now}
+        row = conn.execute(_LOCK_SQLITE, params).one()
     return None if row.state == "NEW" else _reservation(row)
 
 

@@ -22,9 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.outbox import NAMING
 
 metadata = MetaData(naming_convention=NAMING)
@@ -131,11 +131,10 @@ def insert_for(conn: Db, table: Table) -> Any:
     return (pg_insert if is_postgres(conn) else sqlite_insert)(table)
 
 
-def driver_sql(conn: Db, sql: str, params: Mapping[str, Any]) -> CursorResult[Any]:
+def driver_sql(conn: Db, sql: str, params: Mapping[str, Any]) -> Any:
     """Run PostgreSQL text with psycopg placeholders (`%(name)b`: binary) as it is, in the same transaction and with
-    SQLAlchemy's error translation: for array parameters, whose text form psycopg escapes element by element."""
-    connection = conn.connection() if isinstance(conn, Session) else conn
-    return connection.exec_driver_sql(sql, params)
+    SQLAlchemy's error translation (`storeplane_runtime.db.driver_execute`); rows are named tuples."""
+    return driver_execute(conn.connection() if isinstance(conn, Session) else conn, sql, params)
 
 
 def on_postgres(conn: Db, postgres: Any, sqlite: Any) -> Any:
