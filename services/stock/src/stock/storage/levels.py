@@ -46,11 +46,7 @@ _IMPORT_ON_HAND_PG = (
     " SELECT v.store_id, v.sku, known.reorder_point, old.on_hand, old.reserved"
     " FROM v JOIN known ON known.sku = v.sku LEFT JOIN old ON old.store_id = v.store_id AND old.sku = v.sku"
 )
-_LOCK_QUANTITIES_SQLITE = (
-    select(_sl.c.store_id, _sl.c.sku, _sl.c.on_hand, _sl.c.reserved)
-    .where(tuple_(_sl.c.store_id, _sl.c.sku).in_(bindparam("keys", expanding=True)))
-    .order_by(_sl.c.store_id, _sl.c.sku)
-)
+_LOCK_QUANTITIES_SQLITE = _LOCK_KEYS_SQLITE.with_only_columns(_sl.c.store_id, _sl.c.sku, _sl.c.on_hand, _sl.c.reserved)
 _INSERT_ON_HAND_PG = (
     "INSERT INTO stock_levels (store_id, sku, on_hand, reserved, updated_at)"
     " SELECT v.store_id, v.sku, v.on_hand, 0, %(now)b"
