@@ -102,3 +102,26 @@ def test_fast_revision_reader_agrees_with_alembic(service: str) -> None:
     directory = ScriptDirectory.from_config(cfg)
     assert migrations.head_of(script) == directory.get_current_head()
     assert migrations.revisions(script) == {r.revision: r.down_revision for r in directory.walk_revisions()}
+
+
+def test_replicas_starting_together_migrate_a_fresh_database_once(postgres_url: str, tmp_path: Path) -> None:
+    """Pods of a new deployment start at once: each upgrades, one at a time, and none fails on the other's tables."""
+    env = {**os.environ, "DATABASE_URL": postgres_url}
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stock", "migrate"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in replicas]
+    assert [code for code, _ in outcomes] == [0] * 4, "\n".join(err for _, err in outcomes)
+    db = Database(postgres_url)
+    try:
+        assert migrations.state(db.engine, ROOT / "services/stock/migrations").at_head
+    finally:
+        db.dispose()

@@ -134,6 +134,10 @@ def run_env(target_metadata: MetaData | None = None) -> None:
 
         engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas of a new deployment start at once: one upgrades while the others wait here, then find the
+            # schema at head. Taken before Alembic looks for its version table; released by the commit below.
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('storeplane.migrations'))"))
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
