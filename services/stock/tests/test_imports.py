@@ -127,6 +127,19 @@ def _level_events(stock: RunningStock) -> list[tuple[str, object]]:
     return [(r.event_type, decoders[r.event_type].FromString(r.payload)) for r in rows if r.event_type in decoders]
 
 
+def _per_level(events: list[tuple[str, object]]) -> dict[tuple[str, str], list[tuple[str, int, int]]]:
+    """The events of each level, in outbox order: (kind, on_hand, on_hand_delta or available). An import keeps the
+    order of the events of one level (its rows always take the same writer); levels interleave as they may."""
+    grouped: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    for kind, e in events:
+        if kind == "pos.stock.v1.StockLevelChanged":
+            c = e.change  # type: ignore[attr-defined]
+            grouped.setdefault((c.store_id, c.sku), []).append(("changed", c.on_hand, c.on_hand_delta))
+        else:
+            grouped.setdefault((e.store_id, e.sku), []).append(("low", -1, e.available))  # type: ignore[attr-defined]
+    return grouped
+
+
 def test_single_and_batched_rows_are_numbered_across_the_stream(stock: RunningStock) -> None:
     stock.stub.ImportItems(
         iter([stock_pb2.ImportItemsRequest(request_id="it", items=[item(f"S-{i}") for i in range(6)])]), timeout=30
@@ -164,15 +177,15 @@ def test_single_and_batched_rows_are_numbered_across_the_stream(stock: RunningSt
     assert [level(stock.stub, f"S-{i}").on_hand for i in (0, 1, 4, 5)] == [11, 6, 0, 3]
     assert level(stock.stub, "S-3", TOKYO).on_hand == 8
 
-    # One StockLevelChanged per changed row, in row order, with the quantities before and after.
-    changes = [e.change for kind, e in _level_events(stock) if kind == "pos.stock.v1.StockLevelChanged"]  # type: ignore[attr-defined]
-    assert [(c.store_id, c.sku, c.on_hand, c.on_hand_delta) for c in changes] == [
-        (BERLIN, "S-0", 5, 5),
-        (BERLIN, "S-1", 6, 6),
-        (TOKYO, "S-3", 8, 8),
-        (BERLIN, "S-5", 3, 3),
-        (BERLIN, "S-0", 11, 6),
-    ]
+    # One StockLevelChanged per changed row, a level's in row order, with the quantities before and after.
+    events = [(kind, e) for kind, e in _level_events(stock) if kind == "pos.stock.v1.StockLevelChanged"]
+    assert _per_level(events) == {
+        (BERLIN, "S-0"): [("changed", 5, 5), ("changed", 11, 6)],
+        (BERLIN, "S-1"): [("changed", 6, 6)],
+        (TOKYO, "S-3"): [("changed", 8, 8)],
+        (BERLIN, "S-5"): [("changed", 3, 3)],
+    }
+    changes = [e.change for _, e in events]  # type: ignore[attr-defined]
     assert {(c.reason, c.reference_id) for c in changes} == {(stock_pb2.STOCK_CHANGE_REASON_IMPORT, "mixed")}
 
 
@@ -237,12 +250,14 @@ def test_batched_level_events_carry_reserved_quantities_and_reach_the_reorder_po
     summary = stock.stub.ImportStockLevels(iter(stream), timeout=30).summary
     assert (summary.updated, summary.rejected) == (2, 0)
     new = _level_events(stock)[before:]
-    assert [kind for kind, _ in new] == [
-        "pos.stock.v1.StockLevelChanged",
-        "pos.stock.v1.StockLow",
-        "pos.stock.v1.StockLevelChanged",
-    ]
-    low_change, low, held = (e for _, e in new)
+    assert _per_level(new) == {
+        (BERLIN, "LOW"): [("changed", 3, -7), ("low", -1, 3)],
+        (BERLIN, "HELD"): [("changed", 7, -3)],
+    }
+    by_kind = {(kind, getattr(e, "change", e).sku): e for kind, e in new}  # type: ignore[attr-defined]
+    low_change = by_kind[("pos.stock.v1.StockLevelChanged", "LOW")]
+    low = by_kind[("pos.stock.v1.StockLow", "LOW")]
+    held = by_kind[("pos.stock.v1.StockLevelChanged", "HELD")]
     assert (low_change.change.on_hand, low_change.change.on_hand_delta, low_change.change.available) == (3, -7, 3)  # type: ignore[attr-defined]
     assert (low.sku, low.available, low.reorder_point) == ("LOW", 3, 5)  # type: ignore[attr-defined]
     change = held.change  # type: ignore[attr-defined]
@@ -252,6 +267,56 @@ def test_batched_level_events_carry_reserved_quantities_and_reach_the_reorder_po
     assert len({m.event_id for m in metas}) == 3
     assert all(m.source == "/storeplane/stock" and m.correlation_id == "count" for m in metas)
     assert [m.event_type for m in metas] == [kind for kind, _ in new]
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_rows_of_one_level_spread_over_many_chunks_apply_in_stream_order(
+    make_stock, database_url: str, writers: int
+) -> None:  # type: ignore[no-untyped-def]
+    """Chunks of 2 rows, several writers on PostgreSQL: each level's rows still apply one after the other in stream
+    order (the last one wins, each event's delta is from the row before), and the summary counts every row."""
+    stock: RunningStock = make_stock(database_url, import_chunk_rows=2, import_level_writers=writers)
+    skus = [f"L-{i}" for i in range(6)]
+    stock.stub.ImportItems(
+        iter([stock_pb2.ImportItemsRequest(request_id="items", items=[item(s) for s in skus])]), timeout=30
+    )
+    keys = [(store, sku) for sku in skus for store in (BERLIN, ZURICH)]  # 12 levels
+    rounds = [[(k, (r * 7 + i) % 5) for i, k in enumerate(keys)] for r in range(6)]  # 72 rows; some repeat a value
+    rows = [row for one in rounds for row in one]
+    stream = [
+        stock_pb2.ImportStockLevelsRequest(
+            request_id="spread", rows=[_level_row(s, k, n) for (s, k), n in rows[i : i + 9]]
+        )
+        for i in range(0, len(rows), 9)
+    ]
+    before = len(_level_events(stock))
+    summary = stock.stub.ImportStockLevels(iter(stream), timeout=60).summary
+
+    expected: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    last: dict[tuple[str, str], int] = {}
+    created = updated = unchanged = 0
+    for key, n in rows:
+        if key not in last:
+            created += 1
+            if n:
+                expected.setdefault(key, []).append(("changed", n, n))
+        elif last[key] == n:
+            unchanged += 1
+        else:
+            updated += 1
+            expected.setdefault(key, []).append(("changed", n, n - last[key]))
+        last[key] = n
+    assert (summary.received, summary.created, summary.updated, summary.unchanged, summary.rejected) == (
+        72,
+        created,
+        updated,
+        unchanged,
+        0,
+    )
+    changed = [(kind, e) for kind, e in _level_events(stock)[before:] if kind == "pos.stock.v1.StockLevelChanged"]
+    assert _per_level(changed) == expected
+    for (store, sku), n in last.items():
+        assert level(stock.stub, sku, store).on_hand == n
 
 
 def test_items_batched_and_single_are_imported_in_order_with_stream_row_numbers(stock: RunningStock) -> None:
@@ -300,3 +365,48 @@ def test_events_of_chunks_written_off_the_call_thread_carry_the_caller_trace(sto
         ).all()
     assert len(headers) == 1199
     assert {h.headers["traceparent"].split("-")[1] for h in headers} == {trace_id}
+
+
+def test_a_level_set_again_right_after_a_long_chunk_keeps_the_later_row(make_stock, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    """The row of a level at the end of a full chunk, then the same level again: the second row is written after the
+    first however long the first one's chunk takes (it locks that level last), not beside it."""
+    stock: RunningStock = make_stock(database_url, import_level_writers=3)
+    skus = [f"F-{i:03d}" for i in range(250)]
+    stock.stub.ImportItems(
+        iter([stock_pb2.ImportItemsRequest(request_id="items", items=[item(s) for s in [*skus, "ZZZ"]])]), timeout=60
+    )
+    filler = [_level_row(store, sku, 1) for sku in skus for store in STORES][:999]
+    rows = [*filler, _level_row(ZURICH, "ZZZ", 5), _level_row(ZURICH, "ZZZ", 9)]  # 1,000 rows: a full chunk, then 1
+    summary = stock.stub.ImportStockLevels(
+        iter([stock_pb2.ImportStockLevelsRequest(request_id="late", rows=rows)]), timeout=60
+    ).summary
+    assert (summary.received, summary.created, summary.updated) == (1001, 1000, 1)
+    assert level(stock.stub, "ZZZ", ZURICH).on_hand == 9
+
+
+def test_a_writer_whose_chunk_failed_stops_the_import_at_the_next_chunk_of_any_writer(sqlite_url: str) -> None:
+    from concurrent.futures import wait
+
+    from stock.imports import ChunkResult, ImportKind, Tally, _ChunkWriter
+    from storeplane_runtime.db import Database
+
+    def apply(_uow: object, rows: object, _now: object, _reference: str) -> ChunkResult:
+        numbers = [n for n, _ in rows]  # type: ignore[attr-defined]
+        if 13 in numbers:
+            raise RuntimeError("disk on fire")
+        return ChunkResult(updated=len(numbers))
+
+    kind: ImportKind = ImportKind("m", list, str, str, str, apply, independent_keys=True)  # type: ignore[arg-type]
+    database, tally = Database(sqlite_url), Tally()
+    try:
+        writer = _ChunkWriter(database, kind, "test", "ref", tally, lanes=2)
+        with pytest.raises(RuntimeError, match="disk on fire"), writer:
+            writer.write(0, [(1, "a"), (2, "b")])
+            writer.write(1, [(13, "x")])
+            failing = writer._writing[1]
+            assert failing is not None
+            wait([failing])
+            writer.write(0, [(3, "c")])  # lane 1 failed meanwhile: this chunk is not written
+        assert tally.updated == 2  # the chunk written before the failure counts; the one after it was never applied
+    finally:
+        database.dispose()

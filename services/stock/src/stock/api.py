@@ -280,6 +280,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             source=NAME,
             caller=caller_of(context),
             chunk_rows=self.settings.import_chunk_rows,
+            lanes=self.settings.import_level_writers,
         )
         return stock_pb2.ImportStockLevelsResponse(summary=summary)
 

@@ -12,7 +12,10 @@ stream broken off midway leaves its committed chunks applied and no key: sending
 are upserts ("unchanged" where they already hold).
 
 While one chunk is written (a thread of the import's own, in the caller's context), the next is read and checked:
-the database and the checking overlap, and at most two chunks are held at once.
+the database and the checking overlap. An import whose rows of different keys never affect each other (stock levels)
+is split by key into `lanes` on PostgreSQL, each with its own writer thread and transactions: the rows of one key
+always take the same lane, in stream order, so the last row of a key still wins and its events keep their order;
+the lanes only ever lock different rows. At most two chunks per lane are held at once.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class ImportKind(Generic[Q, M, R]):
     dedupe_key: Callable[[R], object]  # rows with the same key must not share a chunk
     validate: Callable[[M], R | str]  # the checked row, or why it is rejected
     apply: Callable[[UnitOfWork, Sequence[tuple[int, R]], datetime, str], ChunkResult]  # ..., reference id
+    # Rows of different keys may be applied in any order, at once (items may not: a barcode moves between SKUs).
+    independent_keys: bool = False
 
 
 def run_import(
@@ -122,6 +127,7 @@ def run_import(
     source: str,
     caller: str,
     chunk_rows: int,
+    lanes: int = 1,
 ) -> stock_pb2.ImportSummary:
     tally = Tally()
     first = next(requests, None)
@@ -141,11 +147,12 @@ def run_import(
             )
         return stock_pb2.ImportSummary.FromString(stored[2])
 
-    chunk: list[tuple[int, R]] = []
-    keys: set[object] = set()
+    lanes = lanes if kind.independent_keys and not database.is_sqlite else 1  # SQLite has one writer anyway
+    chunks: list[list[tuple[int, R]]] = [[] for _ in range(lanes)]
+    keysets: list[set[object]] = [set() for _ in range(lanes)]
     validate, dedupe_key = kind.validate, kind.dedupe_key
     number = 0  # rows so far, across messages
-    with _ChunkWriter(database, kind, source, request_id, tally) as writer:
+    with _ChunkWriter(database, kind, source, request_id, tally, lanes) as writer:
         for message in stream:
             other_id: str = message.request_id  # type: ignore[attr-defined]
             foreign = bool(other_id) and other_id != request_id
@@ -161,13 +168,16 @@ def run_import(
                     tally.reject(number, kind.key_of(row), checked)
                     continue
                 key = dedupe_key(checked)
+                lane = hash(key) % lanes if lanes > 1 else 0
+                chunk, keys = chunks[lane], keysets[lane]
                 if key in keys or len(chunk) >= chunk_rows:
-                    writer.write(chunk)
-                    chunk, keys = [], set()
+                    writer.write(lane, chunk)
+                    chunks[lane], keysets[lane] = chunk, keys = [], set()
                 chunk.append((number, checked))
                 keys.add(key)
-        if chunk:
-            writer.write(chunk)
+        for lane, chunk in enumerate(chunks):
+            if chunk:
+                writer.write(lane, chunk)
         writer.finish()
     tally.received = number
     summary = tally.summary()
@@ -176,34 +186,50 @@ def run_import(
 
 
 class _ChunkWriter(Generic[Q, M, R]):
-    """Applies an import's chunks in order on a thread of its own, one at a time, while the caller builds the next:
-    `write` waits for the chunk before (so at most two are held) and hands the new one over. A failed chunk fails
-    the next `write` or `finish`; leaving the block waits for the chunk being written."""
+    """Applies an import's chunks on threads of its own, one per lane, each lane's chunks one at a time and in order,
+    while the caller builds the next: `write` waits for the lane's chunk before (so at most two per lane are held)
+    and hands the new one over. A failed chunk fails the next `write` or `finish`; leaving the block waits for the
+    chunks being written."""
 
     def __init__(
-        self, database: Database, kind: ImportKind[Q, M, R], source: str, reference: str, tally: Tally
+        self, database: Database, kind: ImportKind[Q, M, R], source: str, reference: str, tally: Tally, lanes: int = 1
     ) -> None:
         self.database, self.kind, self.source, self.reference, self.tally = database, kind, source, reference, tally
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-chunks")
-        self._writing: Future[ChunkResult] | None = None
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"import-chunks-{lane}") for lane in range(lanes)
+        ]
+        self._writing: list[Future[ChunkResult] | None] = [None] * lanes
         self._context = contextvars.copy_context()  # the call's trace and log context, for the events it causes
 
     def __enter__(self) -> _ChunkWriter[Q, M, R]:
         return self
 
-    def write(self, chunk: Sequence[tuple[int, R]]) -> None:
-        self.finish()
-        self._writing = self._executor.submit(
+    def write(self, lane: int, chunk: Sequence[tuple[int, R]]) -> None:
+        for other, writing in enumerate(self._writing):  # a lane that failed stops the import at once
+            if writing is not None and (other == lane or writing.done()):
+                self._collect(other)
+        self._writing[lane] = self._executors[lane].submit(
             self._context.copy().run, _apply_chunk, self.database, self.kind, chunk, self.source, self.reference
         )
 
     def finish(self) -> None:
-        writing, self._writing = self._writing, None
+        failure: BaseException | None = None
+        for lane in range(len(self._writing)):
+            try:
+                self._collect(lane)
+            except Exception as exc:  # every lane is waited for before the first failure is raised
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def _collect(self, lane: int) -> None:
+        writing, self._writing[lane] = self._writing[lane], None
         if writing is not None:
             self.tally.add(writing.result())
 
     def __exit__(self, *exc_info: object) -> None:
-        self._executor.shutdown(wait=True)  # a chunk being written when the stream failed still ends first
+        for executor in self._executors:  # chunks being written when the stream failed still end first
+            executor.shutdown(wait=True)
 
 
 def _chain(first: Q, rest: Iterator[Q]) -> Iterator[Q]:
@@ -356,6 +382,7 @@ def stock_level_import(
         dedupe_key=itemgetter(0, 1),  # (store_id, sku)
         validate=validate,
         apply=apply,
+        independent_keys=True,
     )
 
 

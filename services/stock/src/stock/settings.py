@@ -23,6 +23,9 @@ class StockSettings(ServiceSettings):
     expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
     # Rows applied per transaction by the imports (bounded memory whatever the stream length).
     import_chunk_rows: int = Field(default=1000, ge=1, le=50_000)
+    # Writers of one stock level import on PostgreSQL, each with its own transactions (the rows of one level always go
+    # to the same one, in stream order); SQLite always uses one.
+    import_level_writers: int = Field(default=2, ge=1, le=16)
     # GetItem answers kept in memory (0: none), and how long one may be served at most; any change of the item or
     # its level drops it at once (through the committed-events feed on PostgreSQL, so the feed always listens).
     get_item_cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
