@@ -41,6 +41,19 @@ _SHELF_BY_BARCODE = (
     .where(item_barcodes.c.barcode == bindparam("barcode"))
 )
 
+# PostgreSQL: the same reads as text for the driver (GetItem's misses; the SQLAlchemy layers cost more than the read).
+_SHELF_PG = (
+    "SELECT i.sku, i.revision, l.on_hand, l.reserved, l.updated_at FROM items AS i"
+    " LEFT JOIN stock_levels AS l ON l.store_id = %(store_id)s AND l.sku = i.sku"
+)
+_SHELF_BY_SKU_PG = _SHELF_PG + " WHERE i.sku = %(sku)s"
+_SHELF_BY_BARCODE_PG = _SHELF_PG + " JOIN item_barcodes AS b ON b.sku = i.sku WHERE b.barcode = %(barcode)s"
+_ITEM_COLUMNS_PG = "i.sku, i.name, i.tax_class, i.barcodes, i.prices, i.reorder_point, i.revision, i.updated_at"
+_ITEM_BY_SKU_PG = f"SELECT {_ITEM_COLUMNS_PG} FROM items AS i WHERE i.sku = %(sku)s"
+_ITEM_BY_BARCODE_PG = (
+    f"SELECT {_ITEM_COLUMNS_PG} FROM items AS i JOIN item_barcodes AS b ON b.sku = i.sku WHERE b.barcode = %(barcode)s"
+)
+
 
 def _item(row: Any) -> Item:
     return Item(
@@ -56,7 +69,12 @@ def _item(row: Any) -> Item:
 
 
 def find_item(conn: Db, *, sku: str = "", barcode: str = "") -> Item | None:
-    if barcode:
+    if is_postgres(conn):
+        if barcode:
+            row = driver_sql(conn, _ITEM_BY_BARCODE_PG, {"barcode": barcode}).fetchone()
+        else:
+            row = driver_sql(conn, _ITEM_BY_SKU_PG, {"sku": sku}).fetchone()
+    elif barcode:
         row = conn.execute(_ITEM_BY_BARCODE, {"barcode": barcode}).first()
     else:
         row = conn.execute(_ITEM_BY_SKU, {"sku": sku}).first()
@@ -80,7 +98,12 @@ class Shelf:
 
 def find_on_shelf(conn: Db, store_id: str, *, sku: str = "", barcode: str = "") -> Shelf | None:
     """The item's SKU and revision and its level in the store (zero when it has none); None if no such item."""
-    if barcode:
+    if is_postgres(conn):
+        if barcode:
+            row = driver_sql(conn, _SHELF_BY_BARCODE_PG, {"store_id": store_id, "barcode": barcode}).fetchone()
+        else:
+            row = driver_sql(conn, _SHELF_BY_SKU_PG, {"store_id": store_id, "sku": sku}).fetchone()
+    elif barcode:
         row = conn.execute(_SHELF_BY_BARCODE, {"store_id": store_id, "barcode": barcode}).first()
     else:
         row = conn.execute(_SHELF_BY_SKU, {"store_id": store_id, "sku": sku}).first()

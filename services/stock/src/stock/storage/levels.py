@@ -19,6 +19,10 @@ from stock.storage.tables import Db, driver_sql, insert_for, is_postgres, items,
 _sl = stock_levels
 _READ = select(_sl).where(_sl.c.store_id == bindparam("store_id"), _sl.c.sku.in_(bindparam("skus", expanding=True)))
 _LOCK = _READ.order_by(_sl.c.sku).with_for_update()
+_READ_PG = (
+    "SELECT store_id, sku, on_hand, reserved, updated_at FROM stock_levels"
+    " WHERE store_id = %(store_id)s AND sku = ANY(CAST(%(skus)b AS text[]))"
+)
 _LOCK_KEYS_SQLITE = (
     select(_sl)
     .where(tuple_(_sl.c.store_id, _sl.c.sku).in_(bindparam("keys", expanding=True)))
@@ -101,7 +105,9 @@ def level_arrays(levels: Sequence[Level]) -> dict[str, list[Any]]:
 def read_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Level]:
     if not skus:
         return {}
-    return {row.sku: _level(row) for row in conn.execute(_READ, {"store_id": store_id, "skus": list(skus)})}
+    params = {"store_id": store_id, "skus": list(skus)}
+    rows = driver_sql(conn, _READ_PG, params) if is_postgres(conn) else conn.execute(_READ, params)
+    return {row.sku: _level(row) for row in rows}
 
 
 def lock_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Level]:
