@@ -21,10 +21,11 @@ from typing import Any, Protocol
 import pika
 import pika.exceptions
 from pika.spec import Basic
-from sqlalchemy import Connection, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from storeplane_runtime import telemetry
 from storeplane_runtime.db import Database
+from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.envelope import EXCHANGE, Envelope, to_amqp
 from storeplane_runtime.messaging.topology import declare_exchange
@@ -39,12 +40,12 @@ UNROUTABLE = "unroutable"
 # transaction commit without waiting for its WAL flush (`synchronous_commit` off, for this transaction only): the
 # relay's commit is then not one more fsync on the way from a producer's commit to the consumer. Losing such a mark
 # in a database crash only publishes those rows again, which consumers deduplicate (as after a relay crash).
-_PG_MARK_SENT = text(
-    f"WITH settings AS (SELECT set_config('synchronous_commit', 'off', true)) "
-    f"UPDATE {outbox_table.name} SET sent_at = :now FROM settings WHERE id = ANY(CAST(:ids AS bigint[]))"
-)
-_PG_MARK_UNROUTABLE = text(
-    f"UPDATE {outbox_table.name} SET sent_at = :now, last_error = :error WHERE id = ANY(CAST(:ids AS bigint[]))"
+# Straight on the driver (`driver_execute`), in the pass's transaction. Marks need not wait for their commit to be
+# flushed: one lost to a crash only means its events are published again, which consumers already expect.
+_PG_MARK = (
+    "WITH settings AS (SELECT set_config('synchronous_commit', 'off', true))"
+    f" UPDATE {outbox_table.name} SET sent_at = %(now)s, last_error = coalesce(%(error)s, last_error) FROM settings"
+    " WHERE id = ANY(CAST(%(ids)b AS bigint[]))"
 )
 _UNROUTABLE = "unroutable: no queue bound to this event type"
 _COLUMNS = ("id", "event_id", "event_type", "source", "subject", "store_id", "payload", "headers", "occurred_at")
@@ -326,14 +327,14 @@ class OutboxRelay:
         unroutable = [r for r, res in zip(rows, results, strict=True) if res == UNROUTABLE]
         failed = [(r, res) for r, res in zip(rows, results, strict=True) if res not in (OK, UNROUTABLE)]
         if sent and conn.dialect.name == "postgresql":
-            conn.execute(_PG_MARK_SENT, {"now": now, "ids": sent})
+            driver_execute(conn, _PG_MARK, {"now": now, "error": None, "ids": sent})
         elif sent:
             conn.execute(update(outbox_table).where(outbox_table.c.id.in_(sent)).values(sent_at=now))
         if unroutable:
             # Nothing is bound to this type: republishing cannot help. Reported by log and metric, kept as sent.
             ids = [r[_ID] for r in unroutable]
             if conn.dialect.name == "postgresql":
-                conn.execute(_PG_MARK_UNROUTABLE, {"now": now, "error": _UNROUTABLE, "ids": ids})
+                driver_execute(conn, _PG_MARK, {"now": now, "error": _UNROUTABLE, "ids": ids})
             else:
                 conn.execute(
                     update(outbox_table).where(outbox_table.c.id.in_(ids)).values(sent_at=now, last_error=_UNROUTABLE)
