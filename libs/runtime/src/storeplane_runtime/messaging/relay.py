@@ -36,12 +36,11 @@ log = logging.getLogger(__name__)
 OK = "ok"
 UNROUTABLE = "unroutable"
 
-# A constant statement (array parameter) the server keeps prepared, whatever the batch size. It also makes this
-# transaction commit without waiting for its WAL flush (`synchronous_commit` off, for this transaction only): the
-# relay's commit is then not one more fsync on the way from a producer's commit to the consumer. Losing such a mark
-# in a database crash only publishes those rows again, which consumers deduplicate (as after a relay crash).
-# Straight on the driver (`driver_execute`), in the pass's transaction. Marks need not wait for their commit to be
-# flushed: one lost to a crash only means its events are published again, which consumers already expect.
+# Marks rows sent (error NULL) or unroutable: a constant statement (array parameter) the server keeps prepared,
+# whatever the batch size, run straight on the driver in the pass's transaction. It also makes that transaction
+# commit without waiting for its WAL flush (`synchronous_commit` off, for this transaction only): the relay's commit
+# is then not one more fsync on the way from a producer's commit to the consumer. Losing such a mark in a database
+# crash only publishes those rows again, which consumers deduplicate (as after a relay crash).
 _PG_MARK = (
     "WITH settings AS (SELECT set_config('synchronous_commit', 'off', true))"
     f" UPDATE {outbox_table.name} SET sent_at = %(now)s, last_error = coalesce(%(error)s, last_error) FROM settings"
