@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
-from benchmarks.stack import _stop, _wait_serving
+from benchmarks.stack import _rss_mb, _stop, _wait_serving
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 
@@ -312,6 +312,29 @@ def _import_rows_per_s(
     return rows / elapsed
 
 
+class _PeakRss:
+    """The highest resident set size of a process while the block runs, in MB above what it was at the start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.growth_mb = pid, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _PeakRss:
+        self._start = self._peak = _rss_mb(self.pid)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self._peak = max(self._peak, _rss_mb(self.pid))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.growth_mb = max(self._peak, _rss_mb(self.pid)) - self._start
+
+
 def _wait_outbox_sent(url: str, timeout: float = 120.0) -> None:
     engine = create_engine(url)
     try:
@@ -334,7 +357,12 @@ def stock_import_levels(bench: Bench) -> list[Figure]:
     single_rows = 5_000 if bench.quick else 20_000
     try:
         _load(service.stub, 1)
-        rate = _import_rows_per_s(service.stub, url, rows, IMPORT_BATCH, "bench-import")
+        # Memory: an import a fifth as long first, then the measured one; bounded memory means the longer one grows the
+        # process by about as much as the shorter one did, not five times as much.
+        with _PeakRss(service.proc.pid) as short:
+            _import_rows_per_s(service.stub, url, rows // 5, IMPORT_BATCH, "bench-import-short")
+        with _PeakRss(service.proc.pid) as long:
+            rate = _import_rows_per_s(service.stub, url, rows, IMPORT_BATCH, "bench-import")
         single_rate = _import_rows_per_s(service.stub, url, single_rows, 0, "bench-import-unbatched")
     finally:
         service.close()
@@ -351,6 +379,14 @@ def stock_import_levels(bench: Bench) -> list[Figure]:
             ratio=rate / floor,
             note=f"{IMPORT_BATCH} rows per message; rows repeat keys (300 SKUs x 4 stores), every row a change with"
             " its event",
+        ),
+        Figure(
+            "import_peak_rss_growth_mb",
+            long.growth_mb,
+            "MB",
+            # Bounded: at most what the import a fifth as long took, plus 16 MB of allocator slack.
+            at_most=max(short.growth_mb, 0.0) + 16.0,
+            note=f"{rows} rows; the same import of {rows // 5} rows grew it by {short.growth_mb:.1f} MB",
         ),
         Figure(
             "import_bare_stream_rows_per_s",
