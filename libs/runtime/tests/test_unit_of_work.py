@@ -12,6 +12,7 @@ from pos.stock.v1 import events_pb2, stock_pb2
 from storeplane_runtime import migrations
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.outbox import outbox_table
+from storeplane_runtime.settings import BACKGROUND_CONNECTIONS, ServiceSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
 
@@ -139,3 +140,26 @@ def test_driver_statements_raise_sqlalchemy_errors_and_a_broken_connection_is_no
             assert driver_execute(uow.connection, "SELECT pg_backend_pid() AS pid").fetchone().pid != pid
     finally:
         db.dispose()
+
+
+def test_the_pool_keeps_a_connection_for_every_grpc_worker_at_once(postgres_url: str) -> None:
+    # A pool smaller than the calls in flight closes each connection beyond it when the call ends, and opens a new
+    # server process for the next call: under load that churn cost more CPU than the calls themselves.
+    settings = ServiceSettings(database_url=postgres_url, grpc_workers=20)
+    db = Database(settings.resolved_database_url(), pool_size=settings.resolved_pool_size())
+    try:
+        held = [db.engine.connect() for _ in range(settings.grpc_workers)]
+        pids = {c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in held}
+        for c in held:
+            c.close()
+        again = [db.engine.connect() for _ in range(settings.grpc_workers)]
+        assert {c.exec_driver_sql("SELECT pg_backend_pid()").scalar() for c in again} == pids
+        for c in again:
+            c.close()
+    finally:
+        db.dispose()
+
+
+def test_the_pool_size_can_be_set() -> None:
+    assert ServiceSettings(grpc_workers=4, database_pool_size=50).resolved_pool_size() == 50
+    assert ServiceSettings(grpc_workers=4).resolved_pool_size() == 4 + BACKGROUND_CONNECTIONS

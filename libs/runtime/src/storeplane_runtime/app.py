@@ -57,7 +57,7 @@ class ServiceApp:
     ) -> ServiceApp:
         """The usual service: its own database and migrations beside the package, gRPC services on one host,
         its outbox relay and, when `consumers` has handlers, its event consumer (RabbitMQ or in-process bus)."""
-        database = Database(settings.resolved_database_url())
+        database = Database(settings.resolved_database_url(), pool_size=settings.resolved_pool_size())
         host = ServiceHost(settings, registrations=registrations, error_table=error_table)
         app = cls(name, settings, host, database, migrations_dir(package_file))
         app.workers.extend(messaging_workers(name, settings, database, consumers))

@@ -10,6 +10,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORTS = {"gateway": 50050, "checkout": 50051, "stock": 50052, "customer": 50053, "loyalty": 50054}
+# Connections a process may hold outside its gRPC workers: relay, consumer, expiry sweeper, import writers.
+BACKGROUND_CONNECTIONS = 8
 DEFAULT_METRICS_PORTS = {"gateway": 9450, "checkout": 9451, "stock": 9452, "customer": 9453, "loyalty": 9454}
 
 
@@ -25,6 +27,10 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     data_dir: Path = Path("var")
     database_url: str = ""
+    # Connections the pool keeps open (PostgreSQL). 0: one per gRPC worker plus room for the background workers
+    # (relay, consumer, sweepers, import writers). A pool smaller than the calls in flight opens and closes a
+    # connection (a server process) for every call beyond it.
+    database_pool_size: int = Field(default=0, ge=0, le=1000)
     amqp_url: str = ""
     auto_migrate: bool = True
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
@@ -51,6 +57,9 @@ class ServiceSettings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be host:port, got {value!r}")
         return value
+
+    def resolved_pool_size(self) -> int:
+        return self.database_pool_size or self.grpc_workers + BACKGROUND_CONNECTIONS
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file named after the service under DATA_DIR."""
