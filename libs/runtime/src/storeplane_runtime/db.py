@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -138,6 +138,10 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class RequestIdTaken(Exception):
+    """The request id a unit of work was to remember was taken by a call that committed first (nothing committed)."""
+
+
 class UnitOfWork:
     """One transaction: state changes and the events they cause commit together or not at all.
 
@@ -153,12 +157,14 @@ class UnitOfWork:
         self._transaction: RootTransaction | None = None
         self._session: Session | None = None
         self._pending: list[outbox.PendingEvent] = []
+        self._key: Mapping[str, Any] | None = None
         self._trace_headers: dict[str, str] | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
         self._connection = self._transaction = self._session = None
         self._pending = []
+        self._key = None
         self._trace_headers = None
         self._committed = False
         return self
@@ -216,13 +222,25 @@ class UnitOfWork:
         shape at once, with this unit of work's `source` and `trace_headers`)."""
         self._pending.extend(events)
 
+    def remember(self, key: Mapping[str, Any]) -> None:
+        """Insert this idempotency key row (the columns of `outbox.idempotency_table`) at commit: on PostgreSQL in
+        the statement that writes the outbox rows. `commit` raises RequestIdTaken, and commits nothing, when a call
+        with the same caller and request id committed first."""
+        self._key = key
+
     def commit(self) -> None:
-        written = self._pending
+        written, key = self._pending, self._key
         if self._session is not None:
             self._session.flush()
+        remembered = True
         if written:
-            outbox.write(self.connection, written, self.database.broadcast_types)
+            remembered = outbox.write(self.connection, written, self.database.broadcast_types, key=key)
             self._pending = []
+        elif key is not None:
+            remembered = outbox.remember(self.connection, key)
+        self._key = None
+        if not remembered:
+            raise RequestIdTaken(str(key.get("request_id", "")) if key else "")
         if self._transaction is not None:
             self._transaction.commit()
         self._committed = True
@@ -232,6 +250,7 @@ class UnitOfWork:
     def rollback(self) -> None:
         """Undo everything of this transaction; the unit of work may then be used again (a new transaction)."""
         self._pending = []
+        self._key = None
         if self._session is not None:
             self._session.close()
             self._session = None

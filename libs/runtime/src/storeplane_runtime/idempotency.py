@@ -9,10 +9,9 @@ from datetime import timedelta
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, select
 
-from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.db import Database, RequestIdTaken, UnitOfWork
 from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.errors import FieldViolation, IdempotencyKeyReused, InvalidInput
 from storeplane_runtime.outbox import idempotency_table, utcnow
@@ -27,15 +26,11 @@ _t = idempotency_table
 _LOOKUP = select(_t.c.request_hash, _t.c.method, _t.c.response).where(
     _t.c.caller == bindparam("k_caller"), _t.c.request_id == bindparam("k_request_id")
 )
-_REMEMBER = insert(_t)
-# PostgreSQL: the same, run straight on the driver (see storeplane_runtime.driver).
+# PostgreSQL: the same, run straight on the driver (see storeplane_runtime.driver). The key is inserted at commit
+# (`UnitOfWork.remember`).
 _LOOKUP_PG = (
     "SELECT request_hash, method, response FROM idempotency_keys"
     " WHERE caller = %(k_caller)s AND request_id = %(k_request_id)s"
-)
-_REMEMBER_PG = (
-    "INSERT INTO idempotency_keys (caller, request_id, method, request_hash, response, created_at)"
-    " VALUES (%(caller)s, %(request_id)s, %(method)s, %(request_hash)s, %(response)b, %(created_at)s)"
 )
 
 
@@ -92,8 +87,8 @@ def run_once(
                     )
                 return response_type.FromString(row.response)
             response = work(uow)
-            try:
-                remembered = {
+            uow.remember(
+                {
                     "caller": caller,
                     "request_id": request_id,
                     "method": method,
@@ -101,12 +96,10 @@ def run_once(
                     "response": response.SerializeToString(deterministic=True),
                     "created_at": utcnow(),
                 }
-                if postgres:
-                    driver_execute(uow.connection, _REMEMBER_PG, remembered)
-                else:
-                    uow.connection.execute(_REMEMBER, remembered)
+            )
+            try:
                 uow.commit()
-            except IntegrityError:
+            except RequestIdTaken:
                 continue  # a concurrent call with the same key won; our work rolls back, replay its answer
             return response
     raise IdempotencyKeyReused("request_id is being used concurrently", metadata={"request_id": request_id})
