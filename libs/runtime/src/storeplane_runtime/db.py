@@ -157,14 +157,14 @@ class UnitOfWork:
         self._transaction: RootTransaction | None = None
         self._session: Session | None = None
         self._pending: list[outbox.PendingEvent] = []
-        self._key: Mapping[str, Any] | None = None
+        self._keys: list[Mapping[str, Any]] = []
         self._trace_headers: dict[str, str] | None = None
         self._committed = False
 
     def __enter__(self) -> Self:
         self._connection = self._transaction = self._session = None
         self._pending = []
-        self._key = None
+        self._keys = []
         self._trace_headers = None
         self._committed = False
         return self
@@ -209,6 +209,12 @@ class UnitOfWork:
             self._trace_headers = outbox.trace_headers()
         return self._trace_headers
 
+    @trace_headers.setter
+    def trace_headers(self, headers: dict[str, str]) -> None:
+        """Events published from now on carry these (a unit of work doing the calls of several callers at once
+        switches to each caller's context before publishing what that call causes)."""
+        self._trace_headers = headers
+
     def publish(self, event: Message, *, subject: str = "", store_id: str = "") -> str:
         """Queue `event` for the outbox of this transaction; returns its event id."""
         pending = outbox.prepare(
@@ -225,22 +231,22 @@ class UnitOfWork:
     def remember(self, key: Mapping[str, Any]) -> None:
         """Insert this idempotency key row (the columns of `outbox.idempotency_table`) at commit: on PostgreSQL in
         the statement that writes the outbox rows. `commit` raises RequestIdTaken, and commits nothing, when a call
-        with the same caller and request id committed first."""
-        self._key = key
+        with the same caller and request id as a key remembered committed first."""
+        self._keys.append(key)
 
     def commit(self) -> None:
-        written, key = self._pending, self._key
+        written, keys = self._pending, self._keys
         if self._session is not None:
             self._session.flush()
         remembered = True
         if written:
-            remembered = outbox.write(self.connection, written, self.database.broadcast_types, key=key)
+            remembered = outbox.write(self.connection, written, self.database.broadcast_types, keys=keys)
             self._pending = []
-        elif key is not None:
-            remembered = outbox.remember(self.connection, key)
-        self._key = None
+        elif keys:
+            remembered = outbox.remember(self.connection, keys)
+        self._keys = []
         if not remembered:
-            raise RequestIdTaken(str(key.get("request_id", "")) if key else "")
+            raise RequestIdTaken(", ".join(str(key.get("request_id", "")) for key in keys))
         if self._transaction is not None:
             self._transaction.commit()
         self._committed = True
@@ -250,7 +256,7 @@ class UnitOfWork:
     def rollback(self) -> None:
         """Undo everything of this transaction; the unit of work may then be used again (a new transaction)."""
         self._pending = []
-        self._key = None
+        self._keys = []
         if self._session is not None:
             self._session.close()
             self._session = None

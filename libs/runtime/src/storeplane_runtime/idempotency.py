@@ -4,19 +4,21 @@ the same key with a different request is refused with IDEMPOTENCY_KEY_REUSED."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import bindparam, delete, select
 
 from storeplane_runtime.db import Database, RequestIdTaken, UnitOfWork
 from storeplane_runtime.driver import driver_execute
-from storeplane_runtime.errors import FieldViolation, IdempotencyKeyReused, InvalidInput
+from storeplane_runtime.errors import DomainError, FieldViolation, IdempotencyKeyReused, InvalidInput
 from storeplane_runtime.outbox import idempotency_table, utcnow
 
 R = TypeVar("R", bound=Message)
+P = TypeVar("P")
 
 MAX_REQUEST_ID_LENGTH = 128
 RETENTION = timedelta(hours=48)  # the contract promises at least 24 h
@@ -31,6 +33,11 @@ _LOOKUP = select(_t.c.request_hash, _t.c.method, _t.c.response).where(
 _LOOKUP_PG = (
     "SELECT request_hash, method, response FROM idempotency_keys"
     " WHERE caller = %(k_caller)s AND request_id = %(k_request_id)s"
+)
+_LOOKUP_MANY_PG = (
+    "SELECT caller, request_id, request_hash, method, response FROM idempotency_keys"
+    " WHERE (caller, request_id) IN"
+    " (SELECT * FROM unnest(CAST(%(k_caller)b AS text[]), CAST(%(k_request_id)b AS text[])))"
 )
 
 
@@ -53,6 +60,19 @@ def check_request_id(request_id: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Call(Generic[P]):
+    """One mutating call to be done once per (caller, request_id): who, which method, the request's fingerprint,
+    what the work needs (`payload`), and the caller's trace context for the events it causes (None: the current)."""
+
+    caller: str
+    method: str
+    request_id: str
+    digest: str
+    payload: P
+    trace_headers: dict[str, str] | None = None
+
+
 def run_once(
     database: Database,
     *,
@@ -70,39 +90,85 @@ def run_once(
     Two concurrent calls with one key: one commits, the other hits the primary key and replays.
     """
     check_request_id(request_id)
-    digest = fingerprint(request)
+    call = Call(caller, method, request_id, fingerprint(request), None)
+    (answer,) = run_batch(
+        database, source=source, calls=[call], response_type=response_type, work=lambda uow, _: [work(uow)]
+    )
+    if isinstance(answer, DomainError):
+        raise answer
+    return answer
+
+
+def run_batch(
+    database: Database,
+    *,
+    source: str,
+    calls: Sequence[Call[P]],
+    response_type: type[R],
+    work: Callable[[UnitOfWork, Sequence[Call[P]]], Sequence[R | DomainError]],
+) -> list[R | DomainError]:
+    """`run_once` for several calls (distinct keys) in one transaction: `work` gets those not answered before and
+    returns, per call in order, its answer or the domain error it ends with (and then must have changed nothing for
+    it). An exception out of `work` fails them all and commits nothing. Answers come back in the order of `calls`.
+    """
+    answers: dict[int, R | DomainError] = {}
     postgres = not database.is_sqlite
-    for _ in range(2):
+    for _ in range(3):
         with UnitOfWork(database, source=source) as uow:
-            key = {"k_caller": caller, "k_request_id": request_id}
-            if postgres:
-                row = driver_execute(uow.connection, _LOOKUP_PG, key).fetchone()
-            else:
-                row = uow.connection.execute(_LOOKUP, key).first()
-            if row is not None:
-                if row.request_hash != digest or row.method != method:
-                    raise IdempotencyKeyReused(
+            open_ = [i for i in range(len(calls)) if i not in answers]
+            found = _lookup(uow, [calls[i] for i in open_], postgres)
+            todo = []
+            for i in open_:
+                row = found.get((calls[i].caller, calls[i].request_id))
+                if row is None:
+                    todo.append(i)
+                elif row.request_hash != calls[i].digest or row.method != calls[i].method:
+                    answers[i] = IdempotencyKeyReused(
                         "request_id was already used for a different request",
-                        metadata={"request_id": request_id},
+                        metadata={"request_id": calls[i].request_id},
                     )
-                return response_type.FromString(row.response)
-            response = work(uow)
-            uow.remember(
-                {
-                    "caller": caller,
-                    "request_id": request_id,
-                    "method": method,
-                    "request_hash": digest,
-                    "response": response.SerializeToString(deterministic=True),
-                    "created_at": utcnow(),
-                }
-            )
+                else:
+                    answers[i] = response_type.FromString(row.response)
+            if not todo:
+                return [answers[i] for i in range(len(calls))]
+            done = work(uow, [calls[i] for i in todo])
+            now = utcnow()
+            for i, answer in zip(todo, done, strict=True):
+                if not isinstance(answer, DomainError):
+                    uow.remember(
+                        {
+                            "caller": calls[i].caller,
+                            "request_id": calls[i].request_id,
+                            "method": calls[i].method,
+                            "request_hash": calls[i].digest,
+                            "response": answer.SerializeToString(deterministic=True),
+                            "created_at": now,
+                        }
+                    )
             try:
                 uow.commit()
             except RequestIdTaken:
-                continue  # a concurrent call with the same key won; our work rolls back, replay its answer
-            return response
-    raise IdempotencyKeyReused("request_id is being used concurrently", metadata={"request_id": request_id})
+                continue  # a concurrent call with one of the keys won; all rolls back, and its answer is replayed
+            answers.update(zip(todo, done, strict=True))
+            return [answers[i] for i in range(len(calls))]
+    raise IdempotencyKeyReused("request_id is being used concurrently", metadata={"request_id": calls[0].request_id})
+
+
+def _lookup(uow: UnitOfWork, calls: Sequence[Call[Any]], postgres: bool) -> dict[tuple[str, str], Any]:
+    """The stored answers of these calls' keys, by (caller, request_id)."""
+    if postgres and len(calls) > 1:
+        params = {"k_caller": [c.caller for c in calls], "k_request_id": [c.request_id for c in calls]}
+        return {(row.caller, row.request_id): row for row in driver_execute(uow.connection, _LOOKUP_MANY_PG, params)}
+    found = {}
+    for call in calls:
+        key = {"k_caller": call.caller, "k_request_id": call.request_id}
+        if postgres:
+            row = driver_execute(uow.connection, _LOOKUP_PG, key).fetchone()
+        else:
+            row = uow.connection.execute(_LOOKUP, key).first()
+        if row is not None:
+            found[(call.caller, call.request_id)] = row
+    return found
 
 
 def prune(database: Database, older_than: timedelta = RETENTION) -> int:

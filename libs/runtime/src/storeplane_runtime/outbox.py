@@ -225,36 +225,42 @@ _INSERT_PG = (
 _NOTIFY_PG = f"SELECT count(pg_notify('{CHANNEL}', n)) FROM unnest(CAST(%(notifications)b AS text[])) AS n"
 _INSERT_PG_BROADCAST = f"WITH ins AS ({_INSERT_PG}) {_NOTIFY_PG}"
 
-# A request id remembered with its answer (see storeplane_runtime.idempotency); no row comes back when a call with
-# the same key committed first (one still running is waited for).
+# Request ids remembered with their answers (see storeplane_runtime.idempotency), any number in one statement; a key
+# whose (caller, request id) a call committed first returns no row (one still running is waited for).
 _REMEMBER_PG = (
     "INSERT INTO idempotency_keys (caller, request_id, method, request_hash, response, created_at)"
-    " VALUES (%(k_caller)s, %(k_request_id)s, %(k_method)s, %(k_request_hash)s, %(k_response)b, %(k_created_at)s)"
+    " SELECT * FROM unnest(CAST(%(k_caller)b AS text[]), CAST(%(k_request_id)b AS text[]),"
+    "                      CAST(%(k_method)b AS text[]), CAST(%(k_request_hash)b AS text[]),"
+    "                      CAST(%(k_response)b AS bytea[]), CAST(%(k_created_at)b AS timestamptz[]))"
     " ON CONFLICT (caller, request_id) DO NOTHING RETURNING 1"
 )
-# The outbox rows and the request id in one statement (one round trip less for every mutating call).
+_COUNT_REMEMBERED_PG = f"WITH k AS ({_REMEMBER_PG}) SELECT count(*) AS remembered FROM k"
+# The outbox rows and the request ids in one statement (one round trip less for every mutating call).
 _INSERT_PG_REMEMBER = f"WITH ins AS ({_INSERT_PG}), k AS ({_REMEMBER_PG}) SELECT (SELECT count(*) FROM k) AS remembered"
 _INSERT_PG_BROADCAST_REMEMBER = (
     f"WITH ins AS ({_INSERT_PG}), k AS ({_REMEMBER_PG})"
     f" SELECT (SELECT count(*) FROM k) AS remembered, ({_NOTIFY_PG}) AS told"
 )
 _REMEMBER = insert(idempotency_table)
+_KEY_COLUMNS = ("caller", "request_id", "method", "request_hash", "response", "created_at")
 
 
-def remember(connection: Connection, key: Mapping[str, Any]) -> bool:
-    """Insert an idempotency key row (columns as in `idempotency_table`) in the connection's transaction; False when
-    a call with the same caller and request id committed first."""
+def remember(connection: Connection, keys: Sequence[Mapping[str, Any]]) -> bool:
+    """Insert idempotency key rows (columns as in `idempotency_table`, distinct keys) in the connection's
+    transaction; False when a call with the same caller and request id as one of them committed first."""
+    if not keys:
+        return True
     if connection.dialect.name == "postgresql":
-        return driver_execute(connection, _REMEMBER_PG, _key_params(key)).fetchone() is not None
+        return driver_execute(connection, _COUNT_REMEMBERED_PG, _key_params(keys)).fetchone().remembered == len(keys)
     try:  # SQLite: writers take the database lock at BEGIN, so a taken key was seen by the caller's lookup already
-        connection.execute(_REMEMBER, dict(key))
+        connection.execute(_REMEMBER, [dict(key) for key in keys])
     except IntegrityError:
         return False
     return True
 
 
-def _key_params(key: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"k_{name}": value for name, value in key.items()}
+def _key_params(keys: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {f"k_{name}": [key[name] for key in keys] for name in _KEY_COLUMNS}
 
 
 def write(
@@ -262,20 +268,20 @@ def write(
     events: Sequence[PendingEvent],
     broadcast: frozenset[str] = frozenset(),
     *,
-    key: Mapping[str, Any] | None = None,
+    keys: Sequence[Mapping[str, Any]] = (),
 ) -> bool:
     """Insert the events as outbox rows in the connection's (or session's) transaction. On PostgreSQL, events of
     the `broadcast` types are also notified to every listening process (at commit).
 
-    With `key`, the idempotency key row is inserted as well (see `remember`, in the same statement on PostgreSQL);
-    returns False when that key was taken (the caller must roll back)."""
+    With `keys`, idempotency key rows are inserted as well (see `remember`, in the same statement on PostgreSQL);
+    returns False when one of them was taken (the caller must roll back)."""
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     if bind.dialect.name == "postgresql":
         encoded: dict[int, str] = {}  # a unit of work shares one headers dict among its events: encode it once
         told = broadcast_encode(
             (e.event_type, e.store_id, e.payload, e.subject) for e in events if e.event_type in broadcast
         )
-        if key is None:
+        if not keys:
             sql = _INSERT_PG_BROADCAST if told else _INSERT_PG
         else:
             sql = _INSERT_PG_BROADCAST_REMEMBER if told else _INSERT_PG_REMEMBER
@@ -284,7 +290,7 @@ def write(
             sql,
             {
                 **({"notifications": told} if told else {}),
-                **(_key_params(key) if key is not None else {}),
+                **(_key_params(keys) if keys else {}),
                 "event_ids": [e.event_id for e in events],
                 "event_types": [e.event_type for e in events],
                 "sources": [e.source for e in events],
@@ -298,7 +304,7 @@ def write(
                 "occurred_at": [e.occurred_at for e in events],
             },
         )
-        return key is None or cursor.fetchone().remembered > 0
+        return not keys or cursor.fetchone().remembered == len(keys)
     connection.execute(
         _INSERT,
         [
@@ -316,9 +322,7 @@ def write(
             for e in events
         ],
     )
-    if key is None:
-        return True
-    return remember(connection.connection() if isinstance(connection, Session) else connection, key)
+    return remember(connection.connection() if isinstance(connection, Session) else connection, keys)
 
 
 @dataclass(frozen=True)

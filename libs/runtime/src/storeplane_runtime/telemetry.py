@@ -34,6 +34,12 @@ RPC_LATENCY = Histogram(
     ["grpc_service", "grpc_method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+BATCH_CALLS = Histogram(
+    "storeplane_batch_calls",
+    "Calls done together in one shared transaction (group commit), by method",
+    ["grpc_method"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 OUTBOX_BACKLOG = Gauge("storeplane_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_OLDEST_AGE = Gauge("storeplane_outbox_oldest_age_seconds", "Age of the oldest unpublished row", ["service"])
 EVENTS_PUBLISHED = Counter("storeplane_events_published_total", "Events published", ["service", "event_type"])
