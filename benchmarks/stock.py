@@ -35,7 +35,6 @@ class _Service:
     def __init__(self, database_url: str, **settings: str) -> None:
         env = {
             **os.environ,
-            **settings,
             "GRPC_PORT": str(PORT),
             "GRPC_HOST": "127.0.0.1",
             "METRICS_PORT": "0",
@@ -43,6 +42,7 @@ class _Service:
             "LOG_LEVEL": "WARNING",
             # More workers than callers only add GIL contention: 8 did more Reserves/s than 32 on a 2-core machine.
             "GRPC_WORKERS": os.environ.get("BENCH_GRPC_WORKERS", "16"),
+            **settings,
         }
         self.proc = subprocess.Popen([sys.executable, "-m", "stock"], env=env, stdout=subprocess.DEVNULL)
         _wait_serving([f"127.0.0.1:{PORT}"])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 from stock_kit import BERLIN, RunningStock, item, level, load, reserve_request
 
 from pos.stock.v1 import stock_pb2
@@ -55,10 +56,20 @@ def _watch_never_negative(stock: RunningStock, skus: list[str]) -> tuple[Callabl
     return stop, seen
 
 
+# Reserves share transactions (group commit): by default one at a time; also several at once, locking levels the
+# others need; and each alone.
+BATCHING = {
+    "one-lane": {},
+    "four-lanes": {"reserve_batch_lanes": 4, "reserve_batch_size": 4},
+    "unbatched": {"reserve_batch_lanes": 16, "reserve_batch_size": 1},
+}
+
+
+@pytest.mark.parametrize("batching", BATCHING.values(), ids=BATCHING.keys())
 def test_fifty_tills_reserving_one_of_ten_units_sell_exactly_ten(
-    postgres_url: str, make_stock: Callable[..., RunningStock]
+    postgres_url: str, make_stock: Callable[..., RunningStock], batching: dict[str, int]
 ) -> None:
-    stock = make_stock(postgres_url)
+    stock = make_stock(postgres_url, **batching)
     skus = [f"LAST-PAIR-{r}" for r in range(ROUNDS)]
     load(stock.stub, [item(s) for s in skus], {(BERLIN, s): 10 for s in skus})
     for sku in skus:
@@ -74,10 +85,11 @@ def test_fifty_tills_reserving_one_of_ten_units_sell_exactly_ten(
         assert min(seen, default=0) >= 0
 
 
+@pytest.mark.parametrize("batching", BATCHING.values(), ids=BATCHING.keys())
 def test_overlapping_multi_line_reservations_are_all_or_nothing(
-    postgres_url: str, make_stock: Callable[..., RunningStock]
+    postgres_url: str, make_stock: Callable[..., RunningStock], batching: dict[str, int]
 ) -> None:
-    stock = make_stock(postgres_url)
+    stock = make_stock(postgres_url, **batching)
     skus = ["SHOE", "SOCK", "CAP", "BAG"]
     load(stock.stub, [item(s) for s in skus], {(BERLIN, s): 10 for s in skus})
     # Each basket wants two neighbouring SKUs (and a third, in reverse order, to tempt lock-order deadlocks).

@@ -3,7 +3,7 @@ statuses through ERROR_TABLE (in the server's interceptor); nothing here knows S
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -35,9 +35,10 @@ from stock.item_cache import ItemCache
 from stock.services import StockPolicy
 from stock.settings import StockSettings
 from stock.watch import StockWatch
+from storeplane_runtime.batching import Batcher
 from storeplane_runtime.db import Database, UnitOfWork
-from storeplane_runtime.errors import BASE_ERROR_TABLE, InvalidInput, Unavailable
-from storeplane_runtime.idempotency import run_once
+from storeplane_runtime.errors import BASE_ERROR_TABLE, DomainError, InvalidInput, Unavailable
+from storeplane_runtime.idempotency import Call, run_once
 from storeplane_runtime.outbox import utcnow
 from storeplane_runtime.stores import Store
 
@@ -78,13 +79,16 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         watch: StockWatch,
         policy: StockPolicy,
     ) -> None:
-        self._database = database
         self.settings = settings
         self.stores = stores
         self.watch = watch
         self.policy = policy
         self.items = ItemCache()
         self.answers = GetItemAnswers(settings.get_item_cache_size, settings.get_item_cache_seconds)
+        self._database: Database | None = None
+        self._reserves: Batcher[services.ReserveCommand, stock_pb2.ReserveResponse] | None = None
+        if database is not None:
+            self.database = database
 
     @property
     def database(self) -> Database:
@@ -94,6 +98,16 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
     @database.setter
     def database(self, database: Database) -> None:
         self._database = database
+        # Concurrent Reserves share transactions (group commit): the hot path of every basket.
+        self._reserves = Batcher(
+            database,
+            source=NAME,
+            method=METHOD + "Reserve",
+            response_type=stock_pb2.ReserveResponse,
+            work=self._reserve_batch,
+            max_batch=self.settings.reserve_batch_size,
+            lanes=self.settings.reserve_batch_lanes,
+        )
 
     # --- reads ----------------------------------------------------------------------------------------------
 
@@ -185,20 +199,32 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             desired = {}
         v.raise_if_any()
 
-        def work(uow: UnitOfWork) -> stock_pb2.ReserveResponse:
-            reservation = services.reserve(
-                uow,
-                self.policy,
-                reservation_id=request.reservation_id,
-                store_id=request.store_id,
-                desired=desired,
-                ttl=ttl,
-                all_or_nothing=request.all_or_nothing,
-                now=utcnow(),
-            )
-            return stock_pb2.ReserveResponse(reservation=events.reservation_message(reservation))
+        command = services.ReserveCommand(
+            request.reservation_id, request.store_id, desired, ttl, all_or_nothing=request.all_or_nothing
+        )
+        assert self._reserves is not None, "the app binds the database before serving"
+        return self._reserves.call(
+            caller=caller_of(context),
+            request=request,
+            request_id=request.request_id,
+            payload=command,
+            conflict=request.reservation_id,
+        )
 
-        return self._once(context, "Reserve", request, request.request_id, stock_pb2.ReserveResponse, work)
+    def _reserve_batch(
+        self, uow: UnitOfWork, calls: Sequence[Call[services.ReserveCommand]]
+    ) -> list[stock_pb2.ReserveResponse | DomainError]:
+        outcomes = services.reserve_many(
+            uow,
+            self.policy,
+            [call.payload for call in calls],
+            now=utcnow(),
+            trace_headers=[call.trace_headers for call in calls],
+        )
+        return [
+            o if isinstance(o, DomainError) else stock_pb2.ReserveResponse(reservation=events.reservation_message(o))
+            for o in outcomes
+        ]
 
     def Release(self, request: stock_pb2.ReleaseRequest, context: grpc.ServicerContext) -> stock_pb2.ReleaseResponse:
         v = Violations()

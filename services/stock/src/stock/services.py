@@ -23,6 +23,7 @@ from stock.domain import (
     summed,
 )
 from storeplane_runtime.db import UnitOfWork
+from storeplane_runtime.errors import DomainError
 
 
 @dataclass(frozen=True)
@@ -69,45 +70,92 @@ def _require_items(uow: UnitOfWork, skus: Sequence[str] | set[str]) -> dict[str,
 # --- reservations -------------------------------------------------------------------------------------------
 
 
-def reserve(
+@dataclass(frozen=True)
+class ReserveCommand:
+    """Set reservation `reservation_id` at `store_id` to exactly `desired` (SKU -> quantity)."""
+
+    reservation_id: str
+    store_id: str
+    desired: Mapping[str, int]
+    ttl: timedelta | None = None
+    all_or_nothing: bool = True
+
+
+def reserve(uow: UnitOfWork, policy: StockPolicy, command: ReserveCommand, *, now: datetime) -> Reservation:
+    """One Reserve (see `reserve_many`); raises its domain error."""
+    (outcome,) = reserve_many(uow, policy, [command], now=now)
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def reserve_many(
     uow: UnitOfWork,
     policy: StockPolicy,
+    commands: Sequence[ReserveCommand],
     *,
-    reservation_id: str,
-    store_id: str,
-    desired: Mapping[str, int],
-    ttl: timedelta | None,
-    all_or_nothing: bool,
     now: datetime,
-) -> Reservation:
-    """Set the reservation to exactly `desired`; lock order: the reservation row, then levels by SKU.
+    trace_headers: Sequence[dict[str, str] | None] = (),
+) -> list[Reservation | DomainError]:
+    """Reserves of distinct reservations in one transaction, each as if alone, in order: a later one sees what the
+    earlier ones hold. Returns per command the reservation, or the domain error it ended with (it changed nothing).
 
-    Two reads (the reservation row; the level rows with the items among the SKUs) and one write."""
+    Lock order: the reservation rows by id, then the levels by (store, SKU); one read for the reservations, one
+    for the levels and items, one write for all. `trace_headers`: per command, the caller's trace context for the
+    events it causes."""
     conn = uow.connection
-    existing = storage.lock_reservation(conn, reservation_id, store_id, now)
-    held = existing.held() if existing is not None and existing.store_id == store_id else {}
-    levels, reorder_points = storage.lock_levels_of_items(conn, store_id, set(desired) | set(held))
-    unknown = sorted(set(desired) - set(reorder_points))
-    if unknown:
-        raise ItemNotFound(f"unknown SKU(s): {', '.join(unknown[:20])}", metadata={"skus": ",".join(unknown[:50])})
-    plan = plan_reserve(
-        existing,
-        reservation_id=reservation_id,
-        store_id=store_id,
-        desired=desired,
-        levels=levels,
-        all_or_nothing=all_or_nothing,
-        expires_at=now + (ttl or policy.default_ttl),
-    )
-    changes = []
-    for sku in sorted(plan.reserved_deltas):
-        delta = plan.reserved_deltas[sku]
-        before = levels[sku]  # a SKU whose reservation changes has a level row: held, or available > 0
-        reason = ChangeReason.RESERVATION if delta > 0 else ChangeReason.RELEASE
-        changes.append(LevelChange(before, before.moved(0, delta, now), reason, reservation_id))
-    storage.save_reservation(conn, plan.reservation, now, [c.after for c in changes])
-    publish_changes(uow, changes, reorder_points, policy, reservation_id)
-    return plan.reservation
+    existing = storage.lock_reservations(conn, [(c.reservation_id, c.store_id) for c in commands], now)
+    held = {c.reservation_id: _held_at(existing[c.reservation_id], c.store_id) for c in commands}
+    keys = {(c.store_id, sku) for c in commands for sku in (*c.desired, *held[c.reservation_id])}
+    levels, reorder_points = storage.lock_levels_of_items(conn, keys)
+    outcomes: list[Reservation | DomainError] = []
+    saved: list[Reservation] = []
+    moved: dict[tuple[str, str], Level] = {}
+    dropped: list[str] = []
+    for i, command in enumerate(commands):
+        before = existing[command.reservation_id]
+        skus = set(command.desired) | set(held[command.reservation_id])
+        try:
+            unknown = sorted(set(command.desired) - set(reorder_points))
+            if unknown:
+                raise ItemNotFound(
+                    f"unknown SKU(s): {', '.join(unknown[:20])}", metadata={"skus": ",".join(unknown[:50])}
+                )
+            plan = plan_reserve(
+                before,
+                reservation_id=command.reservation_id,
+                store_id=command.store_id,
+                desired=command.desired,
+                levels={sku: levels[(command.store_id, sku)] for sku in skus if (command.store_id, sku) in levels},
+                all_or_nothing=command.all_or_nothing,
+                expires_at=now + (command.ttl or policy.default_ttl),
+            )
+        except DomainError as error:
+            outcomes.append(error)
+            if before is None:
+                dropped.append(command.reservation_id)
+            continue
+        changes = []
+        for sku in sorted(plan.reserved_deltas):
+            delta = plan.reserved_deltas[sku]
+            level = levels[(command.store_id, sku)]  # a SKU whose reservation changes has a level: held, or available
+            reason = ChangeReason.RESERVATION if delta > 0 else ChangeReason.RELEASE
+            change = LevelChange(level, level.moved(0, delta, now), reason, command.reservation_id)
+            changes.append(change)
+            levels[(command.store_id, sku)] = moved[(command.store_id, sku)] = change.after
+        headers = trace_headers[i] if i < len(trace_headers) else None
+        if headers is not None:
+            uow.trace_headers = headers
+        publish_changes(uow, changes, reorder_points, policy, command.reservation_id)
+        saved.append(plan.reservation)
+        outcomes.append(plan.reservation)
+    storage.save_reservations(conn, saved, now, list(moved.values()), dropped)
+    return outcomes
+
+
+def _held_at(reservation: Reservation | None, store_id: str) -> dict[str, int]:
+    """What the reservation holds, if it is at this store (one at another store is refused by the plan)."""
+    return reservation.held() if reservation is not None and reservation.store_id == store_id else {}
 
 
 def end_reservation(

@@ -27,8 +27,8 @@ from stock.storage.reservations import (
     claim_expired,
     end_reservation,
     find_reservation,
-    lock_reservation,
-    save_reservation,
+    lock_reservations,
+    save_reservations,
 )
 from stock.storage.tables import (
     applied_documents,
@@ -64,7 +64,7 @@ __all__ = [
     "lock_level_keys",
     "lock_levels",
     "lock_levels_of_items",
-    "lock_reservation",
+    "lock_reservations",
     "metadata",
     "move_levels",
     "read_levels",
@@ -72,7 +72,7 @@ __all__ = [
     "record_discrepancies",
     "reservations",
     "save_items",
-    "save_reservation",
+    "save_reservations",
     "stock_adjustments",
     "stock_discrepancies",
     "stock_levels",

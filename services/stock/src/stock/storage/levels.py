@@ -62,15 +62,15 @@ _SET_ON_HAND_SQLITE = (
     .where(_sl.c.store_id == bindparam("b_store"), _sl.c.sku == bindparam("b_sku"))
     .values(on_hand=bindparam("b_on_hand"), updated_at=bindparam("b_at"))
 )
-# Reserve's read: the store's level rows of these SKUs, locked in SKU order, and which SKUs are items (with their
-# reorder points), in one round trip.
+# Reserve's read, in one round trip: the level rows of these (store, sku) keys, locked in key order, and which of the
+# SKUs are items (with their reorder points): rows of kind 'L' and 'I'.
 _LOCK_WITH_ITEMS_PG = (
-    "SELECT coalesce(lv.sku, it.sku) AS sku, lv.on_hand, lv.reserved, lv.updated_at,"
-    " it.sku IS NOT NULL AS is_item, it.reorder_point"
-    " FROM (SELECT sku, on_hand, reserved, updated_at FROM stock_levels"
-    "       WHERE store_id = %(store_id)b AND sku = ANY(CAST(%(skus)b AS text[])) ORDER BY sku FOR UPDATE) AS lv"
-    " FULL JOIN (SELECT sku, reorder_point FROM items WHERE sku = ANY(CAST(%(skus)b AS text[]))) AS it"
-    " ON it.sku = lv.sku"
+    "WITH lv AS MATERIALIZED (SELECT store_id, sku, on_hand, reserved, updated_at FROM stock_levels"
+    "            WHERE (store_id, sku) IN (SELECT * FROM unnest(CAST(%(stores)b AS text[]), CAST(%(skus)b AS text[])))"
+    "            ORDER BY store_id, sku FOR UPDATE),"
+    " it AS (SELECT sku, reorder_point FROM items WHERE sku = ANY(CAST(%(skus)b AS text[])))"
+    " SELECT 'L' AS kind, store_id, sku, on_hand, reserved, updated_at, NULL AS reorder_point FROM lv"
+    " UNION ALL SELECT 'I', NULL, sku, NULL, NULL, NULL, reorder_point FROM it"
 )
 _KNOWN = select(items.c.sku, items.c.reorder_point).where(items.c.sku.in_(bindparam("skus", expanding=True)))
 _WRITE_SQLITE = (
@@ -118,20 +118,24 @@ def lock_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Lev
 
 
 def lock_levels_of_items(
-    conn: Db, store_id: str, skus: Collection[str]
-) -> tuple[dict[str, Level], dict[str, int | None]]:
-    """`lock_levels`, plus SKU -> reorder point of those SKUs that are items."""
-    if not skus:
+    conn: Db, keys: Collection[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], Level], dict[str, int | None]]:
+    """The existing level rows of these (store, sku) keys, locked in key order until the transaction ends, and
+    SKU -> reorder point of those SKUs that are items."""
+    if not keys:
         return {}, {}
     if not is_postgres(conn):  # SQLite: the writer holds the database lock already
-        known = {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": list(skus)})}
-        return lock_levels(conn, store_id, skus), known
-    levels: dict[str, Level] = {}
+        skus = list({sku for _, sku in keys})
+        known = {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": skus})}
+        return lock_level_keys(conn, keys), known
+    ordered = sorted(keys)
+    params = {"stores": [k[0] for k in ordered], "skus": [k[1] for k in ordered]}
+    levels: dict[tuple[str, str], Level] = {}
     known = {}
-    for row in driver_sql(conn, _LOCK_WITH_ITEMS_PG, {"store_id": store_id, "skus": sorted(skus)}):
-        if row.on_hand is not None:
-            levels[row.sku] = Level(store_id, row.sku, row.on_hand, row.reserved, utc(row.updated_at))
-        if row.is_item:
+    for row in driver_sql(conn, _LOCK_WITH_ITEMS_PG, params):
+        if row.kind == "L":
+            levels[(row.store_id, row.sku)] = _level(row)
+        else:
             known[row.sku] = row.reorder_point
     return levels, known
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, select, update
+from sqlalchemy import JSON, bindparam, delete, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from stock.domain import Level, Reservation, ReservationState, ReservedLine
@@ -34,9 +34,12 @@ def _lock_statement(insert: Any) -> Any:
     return stmt.returning(*_r.c)
 
 
+# PostgreSQL: any number of reservation rows in one statement, locked in reservation id order.
 _LOCK_PG = (
     "INSERT INTO reservations (reservation_id, store_id, state, lines, expires_at, updated_at)"
-    " VALUES (%(reservation_id)s, %(store_id)s, 'NEW', CAST('[]' AS json), %(now)s, %(now)s)"
+    " SELECT r.reservation_id, r.store_id, 'NEW', CAST('[]' AS json), %(now)b, %(now)b"
+    " FROM unnest(CAST(%(ids)b AS text[]), CAST(%(stores)b AS text[])) AS r(reservation_id, store_id)"
+    " ORDER BY r.reservation_id"
     " ON CONFLICT (reservation_id) DO UPDATE SET reservation_id = excluded.reservation_id"
     " RETURNING reservation_id, store_id, state, lines, expires_at, updated_at"
 )
@@ -52,12 +55,20 @@ _SAVE = (
         updated_at=bindparam("b_now"),
     )
 )
-# Reserve's write on PostgreSQL: the level rows it changed and the reservation, in one statement.
+# Reserve's write on PostgreSQL, in one statement: the level rows changed, the reservations, and the placeholders of
+# new reservations whose Reserve failed (see `lock_reservations`) gone.
 _SAVE_WITH_LEVELS_PG = (
-    f"WITH moved AS ({WRITE_PG_SQL} RETURNING 1)"
-    " UPDATE reservations SET store_id = %(b_store_id)b, state = %(b_state)b, lines = CAST(%(b_lines)b AS json),"
-    " expires_at = %(b_expires_at)b, updated_at = %(b_now)b WHERE reservation_id = %(b_reservation_id)b"
+    f"WITH moved AS ({WRITE_PG_SQL} RETURNING 1),"
+    " dropped AS (DELETE FROM reservations"
+    "             WHERE reservation_id = ANY(CAST(%(dropped)b AS text[])) AND state = 'NEW' RETURNING 1)"
+    " UPDATE reservations AS r SET store_id = v.store_id, state = v.state, lines = CAST(v.lines AS json),"
+    " expires_at = v.expires_at, updated_at = %(b_now)b"
+    " FROM unnest(CAST(%(r_ids)b AS text[]), CAST(%(r_stores)b AS text[]), CAST(%(r_states)b AS text[]),"
+    "             CAST(%(r_lines)b AS text[]), CAST(%(r_expires_at)b AS timestamptz[]))"
+    "      AS v(reservation_id, store_id, state, lines, expires_at)"
+    " WHERE r.reservation_id = v.reservation_id"
 )
+_DROP_PLACEHOLDERS = delete(_r).where(_r.c.reservation_id.in_(bindparam("ids", expanding=True)), _r.c.state == "NEW")
 _FIND = select(_r).where(_r.c.reservation_id == bindparam("reservation_id"))
 _END = (
     update(_r)
@@ -94,37 +105,61 @@ def _reservation(row: Any, state: ReservationState | None = None) -> Reservation
     )
 
 
-def lock_reservation(conn: Db, reservation_id: str, store_id: str, now: datetime) -> Reservation | None:
-    """Lock the reservation row (creating a released placeholder if there is none) and return it; None when new.
+def lock_reservations(conn: Db, keys: Sequence[tuple[str, str]], now: datetime) -> dict[str, Reservation | None]:
+    """Lock the rows of these (reservation id, store) keys in id order, creating a placeholder where there is none,
+    and return them by id (None: new). A placeholder left by a Reserve that changed nothing must be dropped
+    (`save_reservations`).
 
     Locking first serialises concurrent Reserves of one reservation: each plans from what the previous committed.
     """
+    if not keys:
+        return {}
+    ordered = sorted(set(keys))
     if is_postgres(conn):
-        params: dict[str, Any] = {"reservation_id": reservation_id, "store_id": store_id, "now": now}
-        row = driver_sql(conn, _LOCK_PG, params).fetchone()
+        params: dict[str, Any] = {"ids": [k[0] for k in ordered], "stores": [k[1] for k in ordered], "now": now}
+        rows = driver_sql(conn, _LOCK_PG, params).fetchall()
     else:
-        params = {"reservation_id": reservation_id, "store_id": store_id, "no_lines": [], "now": now}
-        row = conn.execute(_LOCK_SQLITE, params).one()
-    return None if row.state == "NEW" else _reservation(row)
+        rows = [
+            conn.execute(_LOCK_SQLITE, {"reservation_id": rid, "store_id": store, "no_lines": [], "now": now}).one()
+            for rid, store in ordered
+        ]
+    return {row.reservation_id: None if row.state == "NEW" else _reservation(row) for row in rows}
 
 
-def save_reservation(conn: Db, reservation: Reservation, now: datetime, levels: Sequence[Level] = ()) -> None:
-    """Store the reservation, and the level rows (locked by the caller) its change moved."""
-    params = {
-        "b_reservation_id": reservation.reservation_id,
-        "b_store_id": reservation.store_id,
-        "b_state": reservation.state.value,
-        "b_lines": [[line.sku, line.requested, line.reserved] for line in reservation.lines],
-        "b_expires_at": reservation.expires_at,
-        "b_now": now,
-    }
-    if levels and is_postgres(conn):
-        driver_sql(
-            conn, _SAVE_WITH_LEVELS_PG, {**params, "b_lines": json.dumps(params["b_lines"]), **level_arrays(levels)}
-        )
+def save_reservations(
+    conn: Db, reservations: Sequence[Reservation], now: datetime, levels: Sequence[Level], dropped: Sequence[str]
+) -> None:
+    """Store the reservations and the level rows (locked by the caller) they moved; drop the placeholders of the
+    `dropped` reservation ids (new ones whose Reserve failed)."""
+    if is_postgres(conn):
+        if reservations or levels or dropped:
+            params: dict[str, Any] = {
+                **level_arrays(levels),
+                "dropped": list(dropped),
+                "r_ids": [r.reservation_id for r in reservations],
+                "r_stores": [r.store_id for r in reservations],
+                "r_states": [r.state.value for r in reservations],
+                "r_lines": [json.dumps([[x.sku, x.requested, x.reserved] for x in r.lines]) for r in reservations],
+                "r_expires_at": [r.expires_at for r in reservations],
+                "b_now": now,
+            }
+            driver_sql(conn, _SAVE_WITH_LEVELS_PG, params)
         return
     write_levels(conn, levels)
-    conn.execute(_SAVE, params)
+    for reservation in reservations:
+        conn.execute(
+            _SAVE,
+            {
+                "b_reservation_id": reservation.reservation_id,
+                "b_store_id": reservation.store_id,
+                "b_state": reservation.state.value,
+                "b_lines": [[line.sku, line.requested, line.reserved] for line in reservation.lines],
+                "b_expires_at": reservation.expires_at,
+                "b_now": now,
+            },
+        )
+    if dropped:
+        conn.execute(_DROP_PLACEHOLDERS, {"ids": list(dropped)})
 
 
 def find_reservation(conn: Db, reservation_id: str) -> Reservation | None:
