@@ -13,6 +13,8 @@ from sqlalchemy import insert, select
 from pos.checkout.v1 import events_pb2 as checkout_events
 from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import InboxApplier, InProcessBus, InProcessConsumer, InProcessPublisher, OutboxRelay
+from storeplane_runtime.messaging.config import MessagingSettings
+from storeplane_runtime.messaging.relay import coalesce_pause
 from storeplane_runtime.outbox import outbox_table
 
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name
@@ -170,3 +172,19 @@ def test_published_consumed_retried_and_parked_counters(bus: str, make_pipeline:
     assert consumed("duplicate") == 1
     assert metric("storeplane_events_retried_total", consumer=pipeline.name, event_type=SALE) == (attempts - 1) + 1
     assert metric("storeplane_events_parked_total", consumer=pipeline.name, event_type=SALE) == 1
+
+
+def test_a_busy_relay_stretches_the_pause_between_passes_to_a_multiple_of_a_pass_within_the_cap() -> None:
+    settings = MessagingSettings(
+        outbox_coalesce_seconds=0.005, outbox_coalesce_factor=3, outbox_coalesce_max_seconds=0.025
+    )
+    # Quick passes: starts at least 5 ms apart; a lone commit after a quiet spell goes at once.
+    assert coalesce_pause(settings, since_last_start=0.001, last_took=0.0005) == pytest.approx(0.004)
+    assert coalesce_pause(settings, since_last_start=2.0, last_took=0.0005) < 0
+    # A pass that took 4 ms: the next starts 12 ms after it started; a very slow one: never more than 25 ms.
+    assert coalesce_pause(settings, since_last_start=0.004, last_took=0.004) == pytest.approx(0.008)
+    assert coalesce_pause(settings, since_last_start=0.2, last_took=0.2) == pytest.approx(0.025 - 0.2)
+    assert coalesce_pause(settings, since_last_start=0.010, last_took=0.2) == pytest.approx(0.015)
+    # Factor 0: the fixed spacing of before.
+    fixed = settings.model_copy(update={"outbox_coalesce_factor": 0})
+    assert coalesce_pause(fixed, since_last_start=0.004, last_took=0.004) == pytest.approx(0.001)

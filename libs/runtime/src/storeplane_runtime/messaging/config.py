@@ -30,6 +30,8 @@ class MessagingSettings(BaseSettings):
     # milliseconds of commits wrote (one SELECT and one UPDATE for many rows) instead of one transaction's events.
     # A lone commit is relayed at once; a busy outbox adds at most this much to each event's lag.
     outbox_coalesce_seconds: float = Field(default=0.005, ge=0, le=1)
+    outbox_coalesce_factor: float = Field(default=3.0, ge=0, le=100)
+    outbox_coalesce_max_seconds: float = Field(default=0.025, ge=0, le=1)
     outbox_retention_hours: float = Field(default=72.0, ge=0)
     # PostgreSQL: the relay vacuums the outbox itself once it has marked this many rows sent (0: never), at most
     # every `outbox_vacuum_min_seconds`. Marking a row sent leaves a dead row version and a dead entry in the

@@ -209,6 +209,14 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
             connection.close()
 
 
+def coalesce_pause(settings: MessagingSettings, since_last_start: float, last_took: float) -> float:
+    """How long a relay woken by a commit waits before its next pass: passes start at least
+    `outbox_coalesce_seconds` apart, or `outbox_coalesce_factor` times the last pass's duration (at most
+    `outbox_coalesce_max_seconds`) when that is longer."""
+    stretched = min(settings.outbox_coalesce_factor * last_took, settings.outbox_coalesce_max_seconds)
+    return max(settings.outbox_coalesce_seconds, stretched) - since_last_start
+
+
 class OutboxRelay:
     """A `Worker`: publishes the outbox of one service's database through a `Publisher`."""
 
@@ -257,10 +265,11 @@ class OutboxRelay:
     def _run(self) -> None:
         failures = 0
         last_pass = float("-inf")
+        took = 0.0
         backlog = False
         while not self._stopping.is_set():
             if not backlog:  # woken by a commit: let the commits of the next few milliseconds join this pass
-                pause = self.settings.outbox_coalesce_seconds - (time.monotonic() - last_pass)
+                pause = coalesce_pause(self.settings, time.monotonic() - last_pass, took)
                 if pause > 0 and self._stopping.wait(pause):
                     break
             last_pass = time.monotonic()
@@ -268,6 +277,7 @@ class OutboxRelay:
             try:
                 self._housekeeping()
                 sent = self.relay_once()
+                took = time.monotonic() - last_pass
                 failures = 0
             except Exception as exc:
                 failures += 1
