@@ -68,7 +68,7 @@ class Recorder:
                 self.running.difference_update(payloads)
 
 
-def _batcher(database: Database, work: Recorder, **kwargs: int) -> Batcher[str, Response]:
+def _batcher(database: Database, work: Recorder, **kwargs: float) -> Batcher[str, Response]:
     return Batcher(database, source="stock", method="Release", response_type=Response, work=work, **kwargs)
 
 
@@ -235,3 +235,44 @@ def test_each_call_s_events_carry_its_own_caller_s_trace(database: Database) -> 
     for subject, headers in rows:
         i = int(subject.removeprefix("p-"))
         assert headers["traceparent"].split("-")[1] == f"{0xABC000 + i:032x}", subject
+
+
+def _two_call_batch(batcher: Batcher[str, Response], work: Recorder) -> None:
+    """Leave the batcher with a last batch of two calls: calls were arriving together."""
+    _hold_first_batch_until_queued(batcher, work, 2)
+    _concurrently([lambda i=i: _call(batcher, f"warm-{i}", f"k-warm-{i}") for i in range(3)])
+    work.gate = lambda: None
+    assert [len(b) for b in work.batches[-2:]] == [1, 2]
+
+
+def test_while_calls_arrive_together_a_batch_waits_for_more_to_join(database: Database) -> None:
+    work = Recorder()
+    batcher = _batcher(database, work, lanes=1, linger=1.0)
+    _two_call_batch(batcher, work)
+
+    def later() -> Response:
+        time.sleep(0.1)
+        return _call(batcher, "p-later", "k-later")
+
+    outcomes = _concurrently([lambda: _call(batcher, "p-first", "k-first"), later])
+    assert all(isinstance(o, Response) for o in outcomes)
+    assert sorted(work.batches[-1]) == ["p-first", "p-later"]  # the first waited for the second
+
+
+def test_a_lone_call_never_waits_and_a_full_queue_ends_the_wait(database: Database) -> None:
+    work = Recorder()
+    batcher = _batcher(database, work, lanes=1, linger=5.0, max_batch=3)
+    started = time.monotonic()
+    _call(batcher, "p-alone", "k-alone")  # nothing before it: no reason to wait
+    _call(batcher, "p-alone-again", "k-alone-again")  # the last batch had one call: no reason either
+    assert time.monotonic() - started < 2.5
+    _two_call_batch(batcher, work)
+    started = time.monotonic()
+
+    def staggered(i: int) -> Response:
+        time.sleep(0.05 * i)
+        return _call(batcher, f"p-{i}", f"k-{i}")
+
+    _concurrently([lambda i=i: staggered(i) for i in range(3)])
+    assert time.monotonic() - started < 2.5  # three queued = max_batch: the batch went without the 5 s
+    assert sorted(work.batches[-1]) == ["p-0", "p-1", "p-2"]

@@ -107,6 +107,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             work=self._reserve_batch,
             max_batch=self.settings.reserve_batch_size,
             lanes=self.settings.reserve_batch_lanes,
+            linger=self.settings.reserve_batch_linger_seconds,
         )
 
     # --- reads ----------------------------------------------------------------------------------------------

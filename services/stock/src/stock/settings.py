@@ -35,6 +35,9 @@ class StockSettings(ServiceSettings):
     # lanes' batches wait for each other's level locks); more lanes keep other Reserves going past one stuck on a lock.
     reserve_batch_size: int = Field(default=32, ge=1, le=1000)
     reserve_batch_lanes: int = Field(default=1, ge=1, le=64)
+    # While Reserves arrive together, a batch first waits this long for more to join (0: never). 4 ms made batches
+    # twice as large under the 16-caller benchmark: 15-20% less CPU per call, more calls/s, lower p99.
+    reserve_batch_linger_seconds: float = Field(default=0.004, ge=0, le=0.1)
     # Changes buffered per WatchStock subscriber; a subscriber that falls this far behind is cut off.
     watch_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
