@@ -13,10 +13,10 @@ from opentelemetry import trace
 from sqlalchemy import select
 
 from pos.stock.v1 import events_pb2, stock_pb2
-from storeplane_runtime import migrations
+from storeplane_runtime import deadlines, migrations
 from storeplane_runtime.batching import Batcher
 from storeplane_runtime.db import Database, UnitOfWork
-from storeplane_runtime.errors import DomainError, IdempotencyKeyReused, PreconditionFailed
+from storeplane_runtime.errors import DeadlineExceeded, DomainError, IdempotencyKeyReused, PreconditionFailed
 from storeplane_runtime.idempotency import Call
 from storeplane_runtime.outbox import idempotency_table, outbox_table
 
@@ -276,3 +276,37 @@ def test_a_lone_call_never_waits_and_a_full_queue_ends_the_wait(database: Databa
     _concurrently([lambda i=i: staggered(i) for i in range(3)])
     assert time.monotonic() - started < 2.5  # three queued = max_batch: the batch went without the 5 s
     assert sorted(work.batches[-1]) == ["p-0", "p-1", "p-2"]
+
+
+def test_a_call_whose_deadline_passed_while_it_waited_is_not_done(database: Database) -> None:
+    work = Recorder()
+    batcher = _batcher(database, work, lanes=1)
+    _hold_first_batch_until_queued(batcher, work, 2)  # the first batch runs until both others wait behind it
+
+    def with_deadline(payload: str, seconds: float) -> Response:
+        token = deadlines.set_deadline(seconds)
+        try:
+            if payload == "p-hurried":
+                time.sleep(0.05)  # queued after the first call took the lead
+            return _call(batcher, payload, f"k-{payload}")
+        finally:
+            deadlines.reset_deadline(token)
+
+    def first() -> Response:
+        return _call(batcher, "p-first", "k-p-first")
+
+    slow_gate = work.gate
+
+    def gate() -> None:
+        slow_gate()
+        time.sleep(0.3)  # longer than the hurried call's deadline
+
+    work.gate = gate
+    outcomes = _concurrently([first, lambda: with_deadline("p-hurried", 0.1), lambda: with_deadline("p-patient", 30.0)])
+    assert isinstance(outcomes[0], Response) and isinstance(outcomes[2], Response)
+    assert isinstance(outcomes[1], DeadlineExceeded)
+    assert "p-hurried" not in [p for b in work.batches for p in b]
+    assert _keys(database) == ["k-p-first", "k-p-patient"]
+    # Nothing was done for it: the retry (a new deadline) does it.
+    work.gate = lambda: None
+    assert _call(batcher, "p-hurried", "k-p-hurried").reservation.reservation_id == "p-hurried"

@@ -13,7 +13,8 @@ one bad call never fails the calls that came with it.
 
 While calls keep arriving together (the last batch had two or more), a leader first waits up to `linger` seconds for
 more to join, or until `max_batch` are queued: PostgreSQL's commit_delay, for whole calls. Bigger batches cost less
-per call; a lone caller never waits.
+per call; a lone caller never waits. A call whose deadline passes while it waits is answered DeadlineExceeded and
+never done: nobody is waiting for its work (a retry with its request id does it).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 
+from storeplane_runtime import deadlines
 from storeplane_runtime.db import Database, UnitOfWork
-from storeplane_runtime.errors import DomainError
+from storeplane_runtime.errors import DeadlineExceeded, DomainError
 from storeplane_runtime.idempotency import Call, check_request_id, fingerprint, run_batch
 from storeplane_runtime.outbox import trace_headers
 from storeplane_runtime.telemetry import BATCH_CALLS
@@ -39,11 +41,12 @@ Work = Callable[[UnitOfWork, Sequence[Call[P]]], Sequence[R | DomainError]]
 
 
 class _Waiting(Generic[P, R]):
-    __slots__ = ("call", "conflicts", "done", "lead", "leading", "outcome", "wake")
+    __slots__ = ("call", "conflicts", "deadline", "done", "lead", "leading", "outcome", "wake")
 
-    def __init__(self, call: Call[P], conflicts: tuple[Hashable, ...]) -> None:
+    def __init__(self, call: Call[P], conflicts: tuple[Hashable, ...], deadline: float | None) -> None:
         self.call = call
         self.conflicts = conflicts
+        self.deadline = deadline
         self.outcome: R | BaseException | None = None
         self.done = False
         self.lead = False  # told to lead by the leader before it (not yet seen)
@@ -89,7 +92,7 @@ class Batcher(Generic[P, R]):
         """Do the call (once per caller and request_id) and return its answer; raises its domain error."""
         check_request_id(request_id)
         call = Call(caller, self.method, request_id, fingerprint(request), payload, trace_headers())
-        me: _Waiting[P, R] = _Waiting(call, (("key", caller, request_id), ("conflict", conflict)))
+        me: _Waiting[P, R] = _Waiting(call, (("key", caller, request_id), ("conflict", conflict)), deadlines.current())
         with self._lock:
             self._queue.append(me)
             if len(self._queue) >= self.max_batch:
@@ -147,12 +150,22 @@ class Batcher(Generic[P, R]):
             self._full.wait(remaining)
 
     def _take(self) -> list[_Waiting[P, R]]:
-        """Up to `max_batch` queued calls in arrival order, none conflicting with another or a running call."""
+        """Up to `max_batch` queued calls in arrival order, none conflicting with another or a running call. A call
+        whose deadline passed while it waited is answered DeadlineExceeded instead: nobody waits for its work."""
         batch: list[_Waiting[P, R]] = []
         taken: set[Hashable] = set()
         kept: deque[_Waiting[P, R]] = deque()
+        now = time.monotonic()
         while self._queue and len(batch) < self.max_batch:
             waiting = self._queue.popleft()
+            if waiting.deadline is not None and waiting.deadline <= now:
+                waiting.outcome = DeadlineExceeded(
+                    "the call's deadline passed while it waited its turn; nothing was done",
+                    metadata={"request_id": waiting.call.request_id},
+                )
+                waiting.done = True
+                waiting.wake.set()
+                continue
             if any(c in self._busy or c in taken for c in waiting.conflicts):
                 kept.append(waiting)
                 continue

@@ -22,3 +22,8 @@ def remaining(default: float) -> float:
     if deadline is None:
         return default
     return max(0.0, min(default, deadline - time.monotonic()))
+
+
+def current() -> float | None:
+    """The current call's deadline (`time.monotonic()` clock), None outside a call."""
+    return _deadline.get()

@@ -86,6 +86,12 @@ class Unavailable(DomainError):
     reason = "UNAVAILABLE"
 
 
+class DeadlineExceeded(DomainError):
+    """The call's deadline passed before its work began; nothing was done (a retry with its request id runs it)."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
 ErrorTable = Mapping[type[BaseException], grpc.StatusCode]
 
 BASE_ERROR_TABLE: dict[type[BaseException], grpc.StatusCode] = {
@@ -95,6 +101,7 @@ BASE_ERROR_TABLE: dict[type[BaseException], grpc.StatusCode] = {
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
