@@ -85,8 +85,6 @@ class Batcher(Generic[P, R]):
         self._queue: deque[_Waiting[P, R]] = deque()
         self._busy: set[Hashable] = set()  # conflict values of the calls in running batches
         self._leaders = 0
-        self.batches = 0  # batches run (tests and metrics read them)
-        self.calls = 0
 
     def call(self, *, caller: str, request: Message, request_id: str, payload: P, conflict: Hashable = None) -> R:
         """Do the call (once per caller and request_id) and return its answer; raises its domain error."""
@@ -184,8 +182,6 @@ class Batcher(Generic[P, R]):
             outcomes = [error] if len(batch) == 1 else [self._alone(w.call) for w in batch]
         BATCH_CALLS.labels(self.method).observe(len(batch))
         with self._lock:
-            self.batches += 1
-            self.calls += len(batch)
             for waiting, outcome in zip(batch, outcomes, strict=True):
                 self._busy.difference_update(waiting.conflicts)
                 waiting.outcome = outcome

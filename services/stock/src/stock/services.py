@@ -81,14 +81,6 @@ class ReserveCommand:
     all_or_nothing: bool = True
 
 
-def reserve(uow: UnitOfWork, policy: StockPolicy, command: ReserveCommand, *, now: datetime) -> Reservation:
-    """One Reserve (see `reserve_many`); raises its domain error."""
-    (outcome,) = reserve_many(uow, policy, [command], now=now)
-    if isinstance(outcome, DomainError):
-        raise outcome
-    return outcome
-
-
 def reserve_many(
     uow: UnitOfWork,
     policy: StockPolicy,
