@@ -34,7 +34,7 @@ from storeplane_runtime.messaging import (
     OutboxRelay,
 )
 from storeplane_runtime.messaging.topology import QueueNames
-from storeplane_runtime.outbox import messaging_metadata, outbox_table
+from storeplane_runtime.tables import messaging_metadata, outbox_table
 
 POSTGRES = os.environ.get("STOREPLANE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("STOREPLANE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
-from storeplane_runtime.errors import details_of
+from storeplane_runtime.status import details_of
 from storeplane_runtime.testing import free_port, free_port_block, wait_serving
 
 SERVICES = {

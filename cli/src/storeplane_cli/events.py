@@ -31,9 +31,9 @@ from storeplane_cli.stack import default_data_dir
 from storeplane_runtime.db import Database
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.envelope import ORIGIN_QUEUE_HEADER, Envelope, from_amqp, to_amqp
-from storeplane_runtime.messaging.holds import PARKED, WAITING, HeldEvents
+from storeplane_runtime.messaging.held_events import PARKED, WAITING, HeldEvents
 from storeplane_runtime.messaging.topology import QueueNames, known_services
-from storeplane_runtime.outbox import held_events_table
+from storeplane_runtime.tables import held_events_table
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from storeplane_runtime.batching import Batcher
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.errors import DeadlineExceeded, DomainError, IdempotencyKeyReused, PreconditionFailed
 from storeplane_runtime.idempotency import Call
-from storeplane_runtime.outbox import idempotency_table, outbox_table
+from storeplane_runtime.tables import idempotency_table, outbox_table
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
 Response = stock_pb2.ReleaseResponse

@@ -14,6 +14,7 @@ from pos.stock.v1 import events_pb2, stock_pb2
 from storeplane_runtime import migrations
 from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed, decode, encode
 from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.testing import wait_until
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
 CHANGED = events_pb2.StockLevelChanged.DESCRIPTOR.full_name
@@ -206,7 +207,7 @@ def test_a_feed_that_is_only_wanted_by_watchers_listens_while_it_has_them(replic
         assert got.get(timeout=5) == "SEEN"
         assert _listening_sessions(writer) == 1
         watchers[0] = 0  # the last watcher left: the feed stops listening after its linger
-        wait_until(lambda: not feed.live.is_set() and _listening_sessions(writer) == 0, 5)
+        wait_until(lambda: not feed.live.is_set() and _listening_sessions(writer) == 0, 5, "the feed to stop listening")
         watchers[0] = 1  # and listens again for the next one
         assert feed.ensure_listening(5)
         assert feed.listens == 2
@@ -215,10 +216,3 @@ def test_a_feed_that_is_only_wanted_by_watchers_listens_while_it_has_them(replic
         assert got.empty()
     finally:
         feed.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)

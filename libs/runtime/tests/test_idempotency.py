@@ -13,7 +13,7 @@ from storeplane_runtime import migrations
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.errors import IdempotencyKeyReused, InvalidInput
 from storeplane_runtime.idempotency import run_once
-from storeplane_runtime.outbox import idempotency_table, outbox_table
+from storeplane_runtime.tables import idempotency_table, outbox_table
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
 

@@ -37,7 +37,7 @@ def test_the_messaging_tables_the_migrations_create_match_the_model(service: str
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from storeplane_runtime.outbox import messaging_metadata
+    from storeplane_runtime.tables import messaging_metadata
 
     def messaging_only(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
         table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
@@ -49,6 +49,22 @@ def test_the_messaging_tables_the_migrations_create_match_the_model(service: str
         with db.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": messaging_only})
             assert compare_metadata(context, messaging_metadata) == []
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(("service", "before"), [("stock", "0003"), ("checkout", "0002")])
+def test_a_database_from_before_the_pruner_gets_the_inbox_index(service: str, before: str, database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        script = ROOT / "services" / service / "migrations"
+        migrations.upgrade(db.engine, script, before)
+        with db.engine.connect() as conn:
+            conn.execute(text("DROP INDEX ix_inbox_processed_at"))  # as a database made before the index existed
+            conn.commit()
+        assert "ix_inbox_processed_at" not in {i["name"] for i in inspect(db.engine).get_indexes("inbox")}
+        assert migrations.ensure_schema(db.engine, script, service=service, auto_migrate=True).at_head
+        assert "ix_inbox_processed_at" in {i["name"] for i in inspect(db.engine).get_indexes("inbox")}
     finally:
         db.dispose()
 

@@ -11,15 +11,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from opentelemetry import trace
 
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
-from storeplane_runtime.errors import (
-    FieldViolation,
-    InvalidInput,
-    NotFound,
-    PreconditionFailed,
-    details_of,
-)
-from storeplane_runtime.server import Registration, ServiceHost
+from storeplane_runtime.errors import FieldViolation, InvalidInput, NotFound, PreconditionFailed
+from storeplane_runtime.server import ServiceHost, ServiceRegistration
 from storeplane_runtime.settings import ServiceSettings
+from storeplane_runtime.status import details_of
 
 STOCK = "pos.stock.v1.StockService"
 
@@ -59,7 +54,8 @@ class FaultyStock(stock_pb2_grpc.StockServiceServicer):
 def stock_channel() -> Iterator[grpc.Channel]:
     settings = ServiceSettings(service_name="stock", grpc_host="127.0.0.1", grpc_port=0)
     host = ServiceHost(
-        settings, registrations=[Registration(STOCK, stock_pb2_grpc.add_StockServiceServicer_to_server, FaultyStock())]
+        settings,
+        registrations=[ServiceRegistration(STOCK, stock_pb2_grpc.add_StockServiceServicer_to_server, FaultyStock())],
     )
     port = host.start()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

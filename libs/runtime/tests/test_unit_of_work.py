@@ -11,8 +11,8 @@ from pos.common.v1 import common_pb2
 from pos.stock.v1 import events_pb2, stock_pb2
 from storeplane_runtime import migrations
 from storeplane_runtime.db import Database, UnitOfWork
-from storeplane_runtime.outbox import outbox_table
 from storeplane_runtime.settings import BACKGROUND_CONNECTIONS, ServiceSettings
+from storeplane_runtime.tables import outbox_table
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "stock" / "migrations"
 

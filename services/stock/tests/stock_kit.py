@@ -2,48 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-
-import grpc
 
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from stock.api import StockServicer
 from stock.main import create_app
 from stock.settings import StockSettings
-from storeplane_runtime.app import ServiceApp
+from storeplane_runtime.testing import RunningService, service_settings, start_service
 
 BERLIN, ZURICH, TOKYO = "berlin-mitte", "zurich-bahnhofstrasse", "tokyo-shibuya"
 
 
-@dataclass
-class RunningStock:
-    app: ServiceApp
-    channel: grpc.Channel
-    stub: stock_pb2_grpc.StockServiceStub
+class RunningStock(RunningService):
+    """The stock service on a free port (the kit's `RunningService`) with its stub and servicer at hand."""
+
+    @property
+    def stub(self) -> stock_pb2_grpc.StockServiceStub:
+        return self.stub_of(stock_pb2_grpc.StockServiceStub)
 
     @property
     def servicer(self) -> StockServicer:
-        servicer: StockServicer = self.app.host.registrations[0].servicer
-        return servicer
+        return self.app.servicer(StockServicer)
 
 
 def start_stock(url: str, **overrides: Any) -> RunningStock:
-    settings = StockSettings(
-        service_name="stock",
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=0,
-        database_url=url,
-        grpc_workers=64,
-        shutdown_grace_seconds=2,
-        **overrides,
-    )
-    app = create_app(settings)
-    port = app.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return RunningStock(app, channel, stock_pb2_grpc.StockServiceStub(channel))
+    settings = service_settings(StockSettings, "stock", url, **{"grpc_workers": 64, **overrides})
+    running = start_service(create_app, settings)
+    return RunningStock(running.app, running.port, running.channel)
 
 
 def item(sku: str, *, barcode: str = "", eur: int | None = 1000, chf: int | None = None, reorder: int | None = None):

@@ -3,16 +3,18 @@ committed-events feed), never kept from a read that raced a change, and not trus
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
 from stock_kit import BERLIN, ZURICH, RunningStock, item, load, reserve_request
 
 from pos.stock.v1 import stock_pb2
-from stock.answers import ITEM_UPDATED, STOCK_LEVEL_CHANGED, TOUCHED_MEMORY, GetItemAnswers
+from stock.answers import TOUCHED_MEMORY, GetItemAnswers
+from stock.events import ITEM_UPDATED, STOCK_LEVEL_CHANGED
 from storeplane_runtime.broadcast import Broadcast
-from storeplane_runtime.outbox import PendingEvent, utcnow
+from storeplane_runtime.clock import utcnow
+from storeplane_runtime.outbox import PendingEvent
+from storeplane_runtime.testing import wait_until
 
 KEY = (BERLIN, "sku", "SHOE")
 
@@ -107,7 +109,7 @@ def test_a_caller_reads_its_own_writes_through_kept_answers(stock: RunningStock)
     load(stock.stub, [item("SHOE", barcode="4000000000017")], {(BERLIN, "SHOE"): 5})
     assert _get(stock, sku="SHOE").level.available == 5
     assert _get(stock, barcode="4000000000017").level.available == 5
-    assert len(stock.servicer.answers) == 2  # both kept
+    assert len(stock.servicer.queries.answers) == 2  # both kept
     stock.stub.Reserve(reserve_request("basket", {"SHOE": 2}), timeout=10)
     assert _get(stock, sku="SHOE").level.available == 3  # at once: the commit dropped the answers
     assert _get(stock, barcode="4000000000017").level.reserved == 2
@@ -124,13 +126,6 @@ def replicas(make_postgres_url: Callable[[], str], make_stock: Callable[..., Run
     return make_stock(url), make_stock(url)
 
 
-def _eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def test_an_answer_kept_by_one_replica_is_dropped_by_a_change_another_replica_commits(
     replicas: tuple[RunningStock, ...],
 ) -> None:
@@ -138,14 +133,14 @@ def test_an_answer_kept_by_one_replica_is_dropped_by_a_change_another_replica_co
     load(writer.stub, [item("SHOE", barcode="4000000000017")], {(BERLIN, "SHOE"): 5})
     assert _get(reader, barcode="4000000000017").level.available == 5
     assert _get(reader, barcode="4000000000017").level.available == 5
-    assert len(reader.servicer.answers) == 1
+    assert len(reader.servicer.queries.answers) == 1
     writer.stub.Reserve(reserve_request("basket", {"SHOE": 2}), timeout=10)
-    _eventually(lambda: _get(reader, barcode="4000000000017").level.available == 3, "level change not seen")
+    wait_until(lambda: _get(reader, barcode="4000000000017").level.available == 3, 5, "level change not seen")
     writer.stub.ImportItems(
         iter([stock_pb2.ImportItemsRequest(request_id="reprice", item=item("SHOE", barcode="4000000000017", eur=900))]),
         timeout=30,
     )
-    _eventually(lambda: _get(reader, sku="SHOE").price.amount_minor == 900, "price change not seen")
+    wait_until(lambda: _get(reader, sku="SHOE").price.amount_minor == 900, 5, "price change not seen")
 
 
 def test_a_replica_whose_feed_lost_its_connection_forgets_its_answers_and_keeps_serving(
@@ -156,7 +151,7 @@ def test_a_replica_whose_feed_lost_its_connection_forgets_its_answers_and_keeps_
     reader, writer = replicas
     load(writer.stub, [item("SHOE")], {(BERLIN, "SHOE"): 5})
     _get(reader, sku="SHOE")
-    assert len(reader.servicer.answers) == 1
+    assert len(reader.servicer.queries.answers) == 1
     database = writer.app.database
     assert database is not None
     with database.engine.connect() as conn:
@@ -167,6 +162,6 @@ def test_a_replica_whose_feed_lost_its_connection_forgets_its_answers_and_keeps_
             )
         )
         conn.commit()
-    _eventually(lambda: len(reader.servicer.answers) == 0, "answers kept across a gap in the feed")
+    wait_until(lambda: len(reader.servicer.queries.answers) == 0, 5, "answers kept across a gap in the feed")
     writer.stub.Reserve(reserve_request("basket", {"SHOE": 1}), timeout=10)
-    _eventually(lambda: _get(reader, sku="SHOE").level.available == 4, "not served after the gap")
+    wait_until(lambda: _get(reader, sku="SHOE").level.available == 4, 5, "not served after the gap")

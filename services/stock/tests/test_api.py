@@ -7,7 +7,7 @@ import pytest
 from stock_kit import BERLIN, TOKYO, ZURICH, RunningStock, item, level, load, reserve_request
 
 from pos.stock.v1 import stock_pb2
-from storeplane_runtime.errors import details_of
+from storeplane_runtime.status import details_of
 
 
 def _error(call, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]

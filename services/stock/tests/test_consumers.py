@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 from sqlalchemy import select
 from stock_kit import BERLIN, RunningStock, item, level, load, reserve_request
 
 from pos.checkout.v1 import events_pb2 as checkout
-from pos.common.v1 import common_pb2
 from stock import storage
-from stock.consumers import stock_consumers
-from stock.services import StockPolicy
-from storeplane_runtime.messaging import Envelope, InboxApplier
+from storeplane_runtime.testing import deliver
 
 
 def _deliver(stock: RunningStock, event, event_id: str = "") -> str:  # type: ignore[no-untyped-def]
-    event_id = event_id or str(uuid.uuid4())
-    event.meta.CopyFrom(common_pb2.EventMeta(event_id=event_id, event_type=event.DESCRIPTOR.full_name))
-    envelope = Envelope(
-        event_id=event_id,
-        event_type=event.DESCRIPTOR.full_name,
-        source="checkout",
-        payload=event.SerializeToString(),
-        occurred_at=datetime.now(UTC),
-    )
-    applier = InboxApplier(stock.servicer.database, stock_consumers(StockPolicy()))
-    [outcome] = applier.apply([envelope])
-    return outcome.status
+    return deliver(stock.app, event, event_id=event_id, source="checkout")
 
 
 def _sale(sale_id: str, lines: dict[str, int], reservation_id: str = "") -> checkout.SaleCompleted:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -44,14 +43,3 @@ def test_bulk_level_event_equals_the_one_built_alone(before: Level, after: Level
     assert bulk.payload == expected.SerializeToString(deterministic=True)
     for name in ("event_type", "source", "subject", "store_id", "occurred_at", "headers"):
         assert getattr(bulk, name) == getattr(alone, name), name
-
-
-def test_event_ids_are_unique_version_7_uuids_in_the_order_made() -> None:
-    ids = events.new_event_ids(4096) + events.new_event_ids(10)
-    assert len(set(ids)) == len(ids)
-    for text in ids:
-        parsed = uuid.UUID(text)
-        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
-    assert ids[:4096] == sorted(ids[:4096])
-    with pytest.raises(ValueError):
-        events.new_event_ids(4097)

@@ -8,7 +8,7 @@ from stock_kit import BERLIN, TOKYO, ZURICH, RunningStock, item, level, load, re
 
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2
-from storeplane_runtime.errors import details_of
+from storeplane_runtime.status import details_of
 
 ROWS = 100_000
 SKUS = 25_000  # x 4 stores = 100,000 level rows
@@ -46,7 +46,7 @@ def test_hundred_thousand_level_rows_with_a_few_bad_ones(make_stock, sqlite_url:
     assert (first.received, first.created, first.updated, first.unchanged, first.rejected) == (ROWS, ROWS - 3, 0, 0, 3)
     assert [(r.row_number, r.reason) for r in first.rejected_rows] == [
         (17, "unknown store 'atlantis'"),
-        (40_000, "sku is empty"),
+        (40_000, "sku must not be empty"),
         (77_777, "unknown SKU GHOST"),
     ]
     reply = stock.stub.GetAvailability(stock_pb2.GetAvailabilityRequest(store_id=TOKYO, skus=["SKU-024999"]))
@@ -115,7 +115,7 @@ def _level_events(stock: RunningStock) -> list[tuple[str, object]]:
     from sqlalchemy import select
 
     from pos.stock.v1 import events_pb2
-    from storeplane_runtime.outbox import outbox_table as t
+    from storeplane_runtime.tables import outbox_table as t
 
     decoders = {
         "pos.stock.v1.StockLevelChanged": events_pb2.StockLevelChanged,
@@ -171,7 +171,7 @@ def test_single_and_batched_rows_are_numbered_across_the_stream(stock: RunningSt
         (3, "atlantis/S-2", "unknown store 'atlantis'"),
         (5, "berlin-mitte/GHOST", "unknown SKU GHOST"),
         (6, "berlin-mitte/S-4", "on_hand must be between 0 and 1000000000"),
-        (9, "berlin-mitte/", "sku is empty"),
+        (9, "berlin-mitte/", "sku must not be empty"),
         (10, "berlin-mitte/S-4", "request_id differs from the first message's"),
     ]
     assert [level(stock.stub, f"S-{i}").on_hand for i in (0, 1, 4, 5)] == [11, 6, 0, 3]
@@ -347,7 +347,7 @@ def test_items_batched_and_single_are_imported_in_order_with_stream_row_numbers(
 def test_events_of_chunks_written_off_the_call_thread_carry_the_caller_trace(stock: RunningStock) -> None:
     from sqlalchemy import select
 
-    from storeplane_runtime.outbox import outbox_table as t
+    from storeplane_runtime.tables import outbox_table as t
 
     skus = 300  # 1,200 rows: two chunks, written by the import's own thread while the next is read
     stock.stub.ImportItems(_items_stream("items-trace", skus), timeout=60)
@@ -382,31 +382,3 @@ def test_a_level_set_again_right_after_a_long_chunk_keeps_the_later_row(make_sto
     ).summary
     assert (summary.received, summary.created, summary.updated) == (1001, 1000, 1)
     assert level(stock.stub, "ZZZ", ZURICH).on_hand == 9
-
-
-def test_a_writer_whose_chunk_failed_stops_the_import_at_the_next_chunk_of_any_writer(sqlite_url: str) -> None:
-    from concurrent.futures import wait
-
-    from stock.imports import ChunkResult, ImportKind, Tally, _ChunkWriter
-    from storeplane_runtime.db import Database
-
-    def apply(_uow: object, rows: object, _now: object, _reference: str) -> ChunkResult:
-        numbers = [n for n, _ in rows]  # type: ignore[attr-defined]
-        if 13 in numbers:
-            raise RuntimeError("disk on fire")
-        return ChunkResult(updated=len(numbers))
-
-    kind: ImportKind = ImportKind("m", list, str, str, str, apply, independent_keys=True)  # type: ignore[arg-type]
-    database, tally = Database(sqlite_url), Tally()
-    try:
-        writer = _ChunkWriter(database, kind, "test", "ref", tally, lanes=2)
-        with pytest.raises(RuntimeError, match="disk on fire"), writer:
-            writer.write(0, [(1, "a"), (2, "b")])
-            writer.write(1, [(13, "x")])
-            failing = writer._writing[1]
-            assert failing is not None
-            wait([failing])
-            writer.write(0, [(3, "c")])  # lane 1 failed meanwhile: this chunk is not written
-        assert tally.updated == 2  # the chunk written before the failure counts; the one after it was never applied
-    finally:
-        database.dispose()

@@ -6,8 +6,10 @@ from stock_kit import BERLIN, RunningStock, item, load
 
 from pos.stock.v1 import stock_pb2
 from stock.domain import Item
-from stock.item_cache import ITEM_UPDATED, ItemCache
-from storeplane_runtime.outbox import PendingEvent, utcnow
+from stock.events import ITEM_UPDATED
+from stock.item_cache import ItemCache
+from storeplane_runtime.clock import utcnow
+from storeplane_runtime.outbox import PendingEvent
 
 
 def _item(revision: int, price: int = 100) -> Item:

@@ -13,7 +13,7 @@ import pytest
 from stock_kit import BERLIN, RunningStock, item, level, load, reserve_request
 
 from pos.stock.v1 import stock_pb2
-from storeplane_runtime.errors import details_of
+from storeplane_runtime.status import details_of
 
 ROUNDS = 20
 CALLERS = 50
@@ -169,7 +169,7 @@ def _level_changes(stock: RunningStock) -> list[stock_pb2.StockLevelChange]:
     from sqlalchemy import select
 
     from pos.stock.v1 import events_pb2
-    from storeplane_runtime.outbox import outbox_table
+    from storeplane_runtime.tables import outbox_table
 
     with stock.servicer.database.engine.connect() as conn:
         rows = conn.execute(

@@ -10,12 +10,12 @@ from sqlalchemy import select
 from stock_kit import BERLIN, ZURICH, RunningStock, item, level, load
 
 from pos.stock.v1 import events_pb2
-from stock import services, storage
-from stock.domain import InsufficientStock, ItemNotFound, ReservationState, ReservationStoreMismatch
-from stock.services import ReserveCommand, StockPolicy
+from stock import storage, use_cases
+from stock.domain import InsufficientStock, ItemNotFound, ReservationState, ReservationStoreMismatch, StockPolicy
 from stock.storage.tables import reservations
+from stock.use_cases import ReserveCommand
 from storeplane_runtime.db import UnitOfWork
-from storeplane_runtime.outbox import outbox_table
+from storeplane_runtime.tables import outbox_table
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def shop(database_url: str, make_stock: Callable[..., RunningStock]) -> RunningS
 
 def _reserve_many(stock: RunningStock, commands: list[ReserveCommand]) -> list[object]:
     with UnitOfWork(stock.servicer.database, source="stock") as uow:
-        outcomes = services.reserve_many(uow, StockPolicy(), commands, now=datetime.now(UTC))
+        outcomes = use_cases.reserve_many(uow, StockPolicy(), commands, now=datetime.now(UTC))
         uow.commit()
     return list(outcomes)
 

@@ -1,1 +1,46 @@
-"""Shared runtime of the storeplane processes: settings, server bootstrap, database, outbox, clients, telemetry."""
+"""storeplane_runtime: the kit every storeplane service is built on (see libs/runtime/README.md).
+
+The public API is the modules named in `__all__`, each with its own `__all__`; import from them by name
+(`from storeplane_runtime.errors import Violations`). This package imports nothing itself, so a domain module that
+imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC, protobuf or SQL.
+
+- Writing the rules: `errors` (domain errors, `Violations`), `clock` (`utcnow`, `as_utc`).
+- Serving: `app` (`ServiceApp`, `command_line`), `settings`, `server` (`ServiceRegistration`), `status` (domain
+  errors to gRPC codes), `identity` (who calls), `idempotency` (`IdempotentCalls`: a mutating RPC in one line),
+  `batching` (group commit of a hot call), `imports` (client-streamed batch imports), `clients` (peer channels).
+- Storing: `db` (`Database`, `UnitOfWork`: state and outbox in one transaction), `tables` (the kit's tables),
+  `sql` (dialect helpers), `migrations` (Alembic env and the kit's tables), `stores` (store configuration).
+- Events: `messaging` (`Consumers`, relay, bus), `outbox`, `event_ids`, `timestamps`, `broadcast` (committed
+  events to every replica).
+- Running and testing: `workers` (`ThreadWorker`), `telemetry` (the shared metrics, tracing), `testing` (a service
+  on a free port, `deliver`, `published`).
+
+Other modules (`driver`, `deadlines`, `interceptors`, `logs`) are the kit's own machinery.
+"""
+
+__all__ = [
+    "app",
+    "batching",
+    "broadcast",
+    "clients",
+    "clock",
+    "db",
+    "errors",
+    "event_ids",
+    "idempotency",
+    "identity",
+    "imports",
+    "messaging",
+    "migrations",
+    "outbox",
+    "server",
+    "settings",
+    "sql",
+    "status",
+    "stores",
+    "tables",
+    "telemetry",
+    "testing",
+    "timestamps",
+    "workers",
+]

@@ -15,14 +15,19 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from storeplane_runtime.db import Database
-from storeplane_runtime.errors import BASE_ERROR_TABLE, ErrorTable
 from storeplane_runtime.logs import configure_logging
 from storeplane_runtime.messaging import Consumers, messaging_workers
 from storeplane_runtime.migrations import SchemaError, ensure_schema, upgrade
-from storeplane_runtime.server import Registration, ServiceHost, run_until_signal
+from storeplane_runtime.server import ServiceHost, ServiceRegistration, run_until_signal
 from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
+from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorTable
+
+__all__ = ["ServiceApp", "Worker", "command_line", "migrations_dir"]
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
 
 
 class Worker(Protocol):
@@ -43,25 +48,36 @@ class ServiceApp:
     database: Database | None = None
     migrations: Path | None = None
     workers: list[Worker] = field(default_factory=list)
+    consumers: Consumers | None = None  # the event handlers its consumer runs (None: it consumes nothing)
 
     @classmethod
     def with_database(
         cls,
         name: str,
         settings: ServiceSettings,
-        registrations: Sequence[Registration],
+        registrations: Callable[[Database], Sequence[ServiceRegistration]],
         *,
         package_file: str,
         error_table: ErrorTable = BASE_ERROR_TABLE,
         consumers: Consumers | None = None,
     ) -> ServiceApp:
         """The usual service: its own database and migrations beside the package, gRPC services on one host,
-        its outbox relay and, when `consumers` has handlers, its event consumer (RabbitMQ or in-process bus)."""
+        its outbox relay and, when `consumers` has handlers, its event consumer (RabbitMQ or in-process bus).
+
+        `registrations(database)` builds the servicers once the database exists, so each gets it in its constructor.
+        """
         database = Database(settings.resolved_database_url(), pool_size=settings.resolved_pool_size())
-        host = ServiceHost(settings, registrations=registrations, error_table=error_table)
-        app = cls(name, settings, host, database, migrations_dir(package_file))
+        host = ServiceHost(settings, registrations=registrations(database), error_table=error_table)
+        app = cls(name, settings, host, database, migrations_dir(package_file), consumers=consumers)
         app.workers.extend(messaging_workers(name, settings, database, consumers))
         return app
+
+    def servicer(self, kind: type[T]) -> T:
+        """The servicer of type `kind` that `registrations` built (wiring that needs it after the fact)."""
+        for registration in self.host.registrations:
+            if isinstance(registration.servicer, kind):
+                return registration.servicer
+        raise LookupError(f"{self.name} serves no {kind.__name__}")
 
     def prepare_schema(self) -> None:
         if self.database is not None and self.migrations is not None:
@@ -82,9 +98,6 @@ class ServiceApp:
             worker.stop()
         if self.database is not None:
             self.database.dispose()
-
-
-S = TypeVar("S", bound=ServiceSettings)
 
 
 def migrations_dir(package_file: str) -> Path:

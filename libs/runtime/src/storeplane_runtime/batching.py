@@ -34,6 +34,8 @@ from storeplane_runtime.idempotency import Call, check_request_id, fingerprint, 
 from storeplane_runtime.outbox import trace_headers
 from storeplane_runtime.telemetry import BATCH_CALLS
 
+__all__ = ["Batcher"]
+
 P = TypeVar("P")
 R = TypeVar("R", bound=Message)
 

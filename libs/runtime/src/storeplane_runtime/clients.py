@@ -14,6 +14,8 @@ from opentelemetry.instrumentation.grpc import grpcext
 
 from storeplane_runtime.deadlines import remaining
 
+__all__ = ["PeerChannels", "service_config"]
+
 
 def service_config(service: str, idempotent_methods: Iterable[str], *, max_attempts: int = 4) -> str:
     """gRPC service config: retry UNAVAILABLE with exponential backoff, only for the named methods."""

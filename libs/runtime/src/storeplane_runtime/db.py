@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storeplane_runtime import outbox
 
+__all__ = ["Database", "RequestIdTaken", "UnitOfWork"]
+
 log = logging.getLogger(__name__)
 
 # A connection used moments ago is alive; pinging it on every checkout cost a round trip per transaction.
@@ -229,7 +231,7 @@ class UnitOfWork:
         self._pending.extend(events)
 
     def remember(self, key: Mapping[str, Any]) -> None:
-        """Insert this idempotency key row (the columns of `outbox.idempotency_table`) at commit: on PostgreSQL in
+        """Insert this idempotency key row (the columns of `tables.idempotency_table`) at commit: on PostgreSQL in
         the statement that writes the outbox rows. `commit` raises RequestIdTaken, and commits nothing, when a call
         with the same caller and request id as a key remembered committed first."""
         self._keys.append(key)

@@ -1,18 +1,30 @@
-"""Domain errors and how they become gRPC statuses with google.rpc details.
+"""Domain errors and field-violation collection: plain Python, no gRPC or protobuf, so domain modules can raise them.
 
-Domain code raises `DomainError` subclasses and knows nothing of gRPC; each service hands the server
-a table from its exception classes to status codes. The same table form serves every service.
+How each becomes a gRPC status with google.rpc details is `storeplane_runtime.status`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+__all__ = [
+    "MAX_STORE_ID_LENGTH",
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "DomainError",
+    "FieldViolation",
+    "IdempotencyKeyReused",
+    "InvalidInput",
+    "NotFound",
+    "PermissionDenied",
+    "PreconditionFailed",
+    "Unavailable",
+    "Violations",
+    "identifier_problem",
+]
+
+MAX_STORE_ID_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -92,110 +104,51 @@ class DeadlineExceeded(DomainError):
     reason = "DEADLINE_EXCEEDED"
 
 
-ErrorTable = Mapping[type[BaseException], grpc.StatusCode]
-
-BASE_ERROR_TABLE: dict[type[BaseException], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-@dataclass(frozen=True)
-class ErrorMapper:
-    """Turns exceptions into google.rpc.Status using a service's table (most specific class wins)."""
-
-    domain: str
-    table: ErrorTable = field(default_factory=lambda: BASE_ERROR_TABLE)
-
-    def code_for(self, exc: BaseException) -> grpc.StatusCode | None:
-        for klass in type(exc).__mro__:
-            if klass in self.table:
-                return self.table[klass]
-        return None
-
-    def to_status(self, exc: DomainError, code: grpc.StatusCode) -> grpc.Status:
-        return build_status(
-            code,
-            exc.message,
-            reason=exc.reason,
-            domain=self.domain,
-            metadata=exc.metadata,
-            violations=exc.violations,
-        )
+def identifier_problem(value: str, max_length: int) -> str | None:
+    """What is wrong with an identifier (SKU, id, code): empty, longer than `max_length`, or with spaces or control
+    characters; None when nothing is."""
+    if not value:
+        return "must not be empty"
+    if len(value) > max_length:
+        return f"at most {max_length} characters"
+    if not value.isprintable() or " " in value:  # isprintable() refuses all whitespace but the space
+        return "must not contain spaces or control characters"
+    return None
 
 
-def build_status(
-    code: grpc.StatusCode,
-    message: str,
-    *,
-    reason: str,
-    domain: str,
-    metadata: Mapping[str, str] | None = None,
-    violations: Sequence[FieldViolation] = (),
-) -> grpc.Status:
-    """A status with ErrorInfo (stable reason) and, for bad fields, BadRequest details."""
-    details = []
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=dict(metadata or {}))
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    details.append(packed)
-    if violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in violations
-            ]
-        )
-        packed = any_pb2.Any()
-        packed.Pack(bad)
-        details.append(packed)
-    status = status_pb2.Status(code=_rpc_code(code), message=message, details=details)
-    return rpc_status.to_status(status)
+class Violations:
+    """Collects every bad field of one request, so the caller learns about all of them at once."""
 
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
 
-def _rpc_code(code: grpc.StatusCode) -> int:
-    value: int = code.value[0]
-    assert code_pb2.Code.Name(value)  # every grpc.StatusCode has a google.rpc.Code twin
-    return value
+    def add(self, field_path: str, description: str) -> None:
+        self.items.append(FieldViolation(field_path, description))
 
+    def extend(self, violations: Sequence[FieldViolation]) -> None:
+        self.items.extend(violations)
 
-@dataclass(frozen=True)
-class ErrorDetails:
-    """What a client reads back out of a failed call: code, message, reason and field violations."""
+    def text(self, field_path: str, value: str, max_length: int, *, required: bool = True) -> None:
+        """An identifier (see `identifier_problem`); an optional one may be empty."""
+        if value or required:
+            problem = identifier_problem(value, max_length)
+            if problem:
+                self.add(field_path, problem)
 
-    code: grpc.StatusCode
-    message: str
-    reason: str = ""
-    domain: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    violations: tuple[FieldViolation, ...] = ()
+    def store(self, field_path: str, store_id: str, known: Mapping[str, object]) -> None:
+        """A store id that names a configured store."""
+        if not store_id:
+            self.add(field_path, "must not be empty")
+        elif store_id not in known:
+            self.add(field_path, f"unknown store {store_id[:MAX_STORE_ID_LENGTH]!r}")
 
+    def within(self, field_path: str, value: int, low: int, high: int) -> None:
+        if not low <= value <= high:
+            self.add(field_path, f"must be between {low} and {high}")
 
-def details_of(error: grpc.RpcError) -> ErrorDetails:
-    """Decode the google.rpc details of a failed call (for clients and tests)."""
-    call: grpc.Call = error  # type: ignore[assignment]
-    status = rpc_status.from_call(call)
-    reason, domain, metadata, violations = "", "", {}, []
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
-    return ErrorDetails(
-        code=call.code(),
-        message=call.details() or "",
-        reason=reason,
-        domain=domain,
-        metadata=metadata,
-        violations=tuple(violations),
-    )
+    def raise_if_any(self, message: str = "the request is invalid") -> None:
+        if self.items:
+            raise InvalidInput(message, violations=self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)

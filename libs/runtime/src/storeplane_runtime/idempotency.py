@@ -9,19 +9,39 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, select
 
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import Database, RequestIdTaken, UnitOfWork
 from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.errors import DomainError, FieldViolation, IdempotencyKeyReused, InvalidInput
-from storeplane_runtime.outbox import idempotency_table, utcnow
+from storeplane_runtime.identity import caller_of
+from storeplane_runtime.tables import idempotency_table
+
+__all__ = [
+    "MAX_REQUEST_ID_LENGTH",
+    "RETENTION",
+    "Call",
+    "IdempotentCalls",
+    "StoredAnswer",
+    "check_request_id",
+    "fingerprint",
+    "run_batch",
+    "run_once",
+    "store_answer",
+    "stored_answer",
+]
 
 R = TypeVar("R", bound=Message)
 P = TypeVar("P")
 
 MAX_REQUEST_ID_LENGTH = 128
-RETENTION = timedelta(hours=48)  # the contract promises at least 24 h
+# Keys older than this are forgotten by every service process's `messaging.pruning.Pruner`; the contract promises
+# at least 24 h.
+RETENTION = timedelta(hours=48)
 
 # Built once: a statement object per call costs more than its round trip on the hot path.
 _t = idempotency_table
@@ -99,6 +119,38 @@ def run_once(
     return answer
 
 
+class IdempotentCalls:
+    """The mutating RPCs of one gRPC service, each done once per (caller, request_id) in one line:
+    `return self.calls.once(context, request, XResponse, lambda uow: ...)`.
+
+    The method is found from the response type (every RPC has its own `XResponse`), the caller from the call."""
+
+    def __init__(self, database: Database, service: ServiceDescriptor, *, source: str) -> None:
+        self.database = database
+        self.source = source
+        self._methods = {m.output_type.full_name: f"/{service.full_name}/{m.name}" for m in service.methods}
+
+    def method_of(self, response_type: type[Message]) -> str:
+        """The full method name (`/pos.stock.v1.StockService/Release`) of the RPC answering `response_type`."""
+        return self._methods[response_type.DESCRIPTOR.full_name]
+
+    def once(
+        self, context: grpc.ServicerContext, request: Message, response_type: type[R], work: Callable[[UnitOfWork], R]
+    ) -> R:
+        """Run `work` in one unit of work once per (caller, `request.request_id`); a repeat gets the first answer,
+        the same key with another request IDEMPOTENCY_KEY_REUSED."""
+        return run_once(
+            self.database,
+            source=self.source,
+            caller=caller_of(context),
+            method=self.method_of(response_type),
+            request=request,
+            request_id=request.request_id,  # type: ignore[attr-defined]
+            response_type=response_type,
+            work=work,
+        )
+
+
 def run_batch(
     database: Database,
     *,
@@ -171,8 +223,49 @@ def _lookup(uow: UnitOfWork, calls: Sequence[Call[Any]], postgres: bool) -> dict
     return found
 
 
-def prune(database: Database, older_than: timedelta = RETENTION) -> int:
-    """Forget keys past the retention period; returns how many."""
-    with database.engine.begin() as conn:
-        result = conn.execute(delete(idempotency_table).where(idempotency_table.c.created_at < utcnow() - older_than))
-        return result.rowcount or 0
+@dataclass(frozen=True)
+class StoredAnswer:
+    """The answer kept under a (caller, request_id), with the method and request fingerprint it answered."""
+
+    request_id: str
+    method: str
+    request_hash: str
+    response: bytes
+
+    def replay(self, method: str, request_hash: str, response_type: type[R]) -> R:
+        """The stored answer, when it answered this same request; IDEMPOTENCY_KEY_REUSED when it did not."""
+        if request_hash != self.request_hash or method != self.method:
+            raise IdempotencyKeyReused(
+                "request_id was already used for a different request", metadata={"request_id": self.request_id}
+            )
+        return response_type.FromString(self.response)
+
+
+def stored_answer(database: Database, caller: str, request_id: str) -> StoredAnswer | None:
+    """The answer stored under this key, if any: for calls that cannot run in one unit of work (a client stream
+    applied in many transactions), which look their key up first and `store_answer` when done."""
+    with database.read_engine.connect() as conn:
+        row = conn.execute(_LOOKUP, {"k_caller": caller, "k_request_id": request_id}).first()
+    return None if row is None else StoredAnswer(request_id, row.method, row.request_hash, row.response)
+
+
+def store_answer(
+    database: Database, *, caller: str, request_id: str, method: str, request_hash: str, answer: Message
+) -> bool:
+    """Keep `answer` under (caller, request_id) in a transaction of its own; False when a concurrent call stored
+    one first (that answer stays)."""
+    key = {
+        "caller": caller,
+        "request_id": request_id,
+        "method": method,
+        "request_hash": request_hash,
+        "response": answer.SerializeToString(deterministic=True),
+        "created_at": utcnow(),
+    }
+    with UnitOfWork(database, source=method) as uow:  # it publishes nothing: the source is never read
+        uow.remember(key)
+        try:
+            uow.commit()
+        except RequestIdTaken:
+            return False
+    return True

@@ -17,7 +17,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from storeplane_runtime.deadlines import reset_deadline, set_deadline
-from storeplane_runtime.errors import DomainError, ErrorMapper, build_status
+from storeplane_runtime.errors import DomainError
+from storeplane_runtime.status import ErrorMapper, build_status
 from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY
 
 log = logging.getLogger("storeplane.rpc")

@@ -11,13 +11,26 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, MetaData, inspect, text
 
-from storeplane_runtime.outbox import (
+from storeplane_runtime.tables import (
     held_events_table,
     idempotency_table,
     inbox_table,
     messaging_metadata,
     outbox_table,
 )
+
+__all__ = [
+    "SchemaError",
+    "create_held_events_table",
+    "create_inbox_pruning_index",
+    "create_messaging_tables",
+    "drop_held_events_table",
+    "drop_inbox_pruning_index",
+    "drop_messaging_tables",
+    "ensure_schema",
+    "run_env",
+    "upgrade",
+]
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -178,3 +191,17 @@ def drop_held_events_table() -> None:
     from alembic import op
 
     held_events_table.drop(bind=op.get_bind())
+
+
+def create_inbox_pruning_index() -> None:
+    """For a later migration: the index the pruner deletes old inbox rows by (a database made since already has it:
+    the first revision creates the inbox table with its indexes)."""
+    from alembic import op
+
+    op.create_index("ix_inbox_processed_at", "inbox", ["processed_at"], if_not_exists=True)
+
+
+def drop_inbox_pruning_index() -> None:
+    from alembic import op
+
+    op.drop_index("ix_inbox_processed_at", "inbox", if_exists=True)

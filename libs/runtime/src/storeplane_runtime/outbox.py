@@ -1,134 +1,32 @@
-"""Outbox, inbox, held-events and idempotency tables every service has, and how events are written to the outbox.
+"""How events are written to the outbox: prepared (id, time, source, trace context), serialised, inserted in the
+caller's transaction (the relay in `messaging` publishes them later), with the call's idempotency keys.
 
-Rows are written in the caller's transaction; the relay (messaging) publishes them later. The inbox
-records which events a consumer has applied, so a redelivered event has no second effect. Held events are the
-in-process bus's retry schedule and parking list (what RabbitMQ keeps in durable queues).
+The tables themselves are in `storeplane_runtime.tables`.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry import propagate
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    Connection,
-    DateTime,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
-    Table,
-    Text,
-    insert,
-)
+from sqlalchemy import Connection, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storeplane_runtime.broadcast import CHANNEL
 from storeplane_runtime.broadcast import encode as broadcast_encode
+from storeplane_runtime.clock import timestamp_parts, utcnow
 from storeplane_runtime.driver import driver_execute
+from storeplane_runtime.event_ids import new_event_id
+from storeplane_runtime.tables import idempotency_table, outbox_table
+from storeplane_runtime.timestamps import from_timestamp
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-messaging_metadata = MetaData(naming_convention=NAMING)
-
-# BigInteger ids are INTEGER on SQLite so they stay rowid aliases (autoincrement).
-_Id = BigInteger().with_variant(Integer(), "sqlite")
-
-outbox_table = Table(
-    "outbox",
-    messaging_metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(36), nullable=False, unique=True),
-    Column("event_type", String(200), nullable=False),
-    Column("source", String(100), nullable=False),
-    Column("subject", String(200), nullable=False, default=""),
-    Column("store_id", String(64), nullable=False, default=""),
-    Column("payload", LargeBinary, nullable=False),
-    Column("headers", JSON, nullable=False, default=dict),
-    Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True), nullable=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("last_error", Text, nullable=True),
-)
-Index("ix_outbox_unsent", outbox_table.c.sent_at, outbox_table.c.id)
-
-inbox_table = Table(
-    "inbox",
-    messaging_metadata,
-    Column("consumer", String(100), nullable=False),
-    Column("event_id", String(64), nullable=False),
-    Column("event_type", String(200), nullable=False),
-    Column("processed_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("consumer", "event_id"),
-)
-
-# Events a consumer of the in-process bus has taken into custody: waiting for a retry (`due_at`) or parked
-# (`reason`, `held_at`). A full envelope, so that the event survives a restart after the relay marked it sent.
-held_events_table = Table(
-    "held_events",
-    messaging_metadata,
-    Column("consumer", String(100), nullable=False),
-    Column("event_id", String(64), nullable=False),
-    Column("event_type", String(200), nullable=False),
-    Column("source", String(100), nullable=False),
-    Column("subject", String(200), nullable=False),
-    Column("store_id", String(64), nullable=False),
-    Column("payload", LargeBinary, nullable=False),
-    Column("trace_headers", JSON, nullable=False),
-    Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("state", String(16), nullable=False),  # "waiting" (for a retry) or "parked"
-    Column("attempt", Integer, nullable=False),  # waiting: the attempt it is due for; parked: the last one made
-    Column("due_at", DateTime(timezone=True), nullable=True),
-    Column("reason", Text, nullable=False),  # the last failure
-    Column("held_at", DateTime(timezone=True), nullable=False),  # when it took its present state
-    PrimaryKeyConstraint("consumer", "event_id"),
-)
-Index("ix_held_events_due", held_events_table.c.consumer, held_events_table.c.state, held_events_table.c.due_at)
-
-idempotency_table = Table(
-    "idempotency_keys",
-    messaging_metadata,
-    Column("caller", String(200), nullable=False),
-    Column("request_id", String(128), nullable=False),
-    Column("method", String(200), nullable=False),
-    Column("request_hash", String(64), nullable=False),
-    Column("response", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("caller", "request_id"),
-)
-Index("ix_idempotency_keys_created_at", idempotency_table.c.created_at)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def timestamp_parts(value: datetime) -> tuple[int, int]:
-    """(seconds, nanos) of a protobuf Timestamp for `value` (naive means UTC), without Timestamp.FromDatetime's
-    calendar work: events are built by the thousand in imports."""
-    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - EPOCH
-    return delta.days * 86_400 + delta.seconds, delta.microseconds * 1000
+__all__ = ["PendingEvent", "event_type", "prepare", "remember", "trace_headers", "write"]
 
 
 @dataclass(frozen=True)
@@ -175,7 +73,7 @@ def prepare(
     if shape.meta:
         meta: Any = getattr(event, shape.meta)
         if not meta.event_id:
-            meta.event_id = str(uuid.uuid4())
+            meta.event_id = new_event_id()
         event_id = meta.event_id
         if shape.occurred_at:
             stamp = meta.occurred_at
@@ -183,17 +81,19 @@ def prepare(
                 now = utcnow()
                 stamp.seconds, stamp.nanos = timestamp_parts(now)
             else:
-                now = EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+                now = from_timestamp(stamp)
         if shape.source and not meta.source:
             meta.source = f"/storeplane/{source}"
         if shape.event_type and not meta.event_type:
             meta.event_type = shape.full_name
         if shape.store_id:
+            if store_id and not meta.store_id:
+                meta.store_id = store_id
             store_id = store_id or meta.store_id
         if shape.traceparent and not meta.traceparent:
             meta.traceparent = headers.get("traceparent", "")
     if not event_id:
-        event_id = str(uuid.uuid4())
+        event_id = new_event_id()
     return PendingEvent(
         event_id=event_id,
         event_type=shape.full_name,

@@ -16,16 +16,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor as otel_server_interceptor
 
-from storeplane_runtime.errors import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
 from storeplane_runtime.interceptors import ServiceInterceptor
 from storeplane_runtime.settings import ServiceSettings
+from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
 from storeplane_runtime.telemetry import configure_tracing, serve_metrics, tracing_exported
+
+__all__ = ["ServiceHost", "ServiceRegistration", "run_until_signal"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Registration:
+class ServiceRegistration:
     """One gRPC service to serve: its full name, the generated `add_XServicer_to_server` and the servicer."""
 
     name: str
@@ -38,7 +40,7 @@ class ServiceHost:
     """One gRPC server: the services it registers, health per service, reflection, and a clean stop."""
 
     settings: ServiceSettings
-    registrations: Sequence[Registration] = ()
+    registrations: Sequence[ServiceRegistration] = ()
     generic_handlers: Sequence[grpc.GenericRpcHandler] = ()
     # Names announced through health and reflection besides the registered ones (the gateway's fronted APIs).
     extra_service_names: Sequence[str] = ()
@@ -51,6 +53,8 @@ class ServiceHost:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Run when stopping begins, before the grace period: lets long-lived streams end cleanly instead of being cut.
     on_stopping: list[Callable[[], None]] = field(default_factory=list)
+    # TLS for the port (the gateway's, given certificates), asked for once at start; None or returning None: plaintext.
+    server_credentials: Callable[[], grpc.ServerCredentials | None] | None = None
 
     def __post_init__(self) -> None:
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -100,8 +104,12 @@ class ServiceHost:
             (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
+        credentials = self.server_credentials() if self.server_credentials is not None else None
         try:
-            self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+            if credentials is None:
+                self.port = server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
+            else:
+                self.port = server.add_secure_port(f"{s.grpc_host}:{s.grpc_port}", credentials)
         except RuntimeError:  # grpc's way of saying the address is taken or not ours
             self.port = 0
         if self.port == 0:

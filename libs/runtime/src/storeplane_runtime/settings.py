@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "BACKGROUND_CONNECTIONS",
+    "DEFAULT_METRICS_PORTS",
+    "DEFAULT_PORTS",
+    "ServiceSettings",
+    "SettingsError",
+    "describe",
+    "load_settings",
+]
 
 DEFAULT_PORTS = {"gateway": 50050, "checkout": 50051, "stock": 50052, "customer": 50053, "loyalty": 50054}
 # Connections a process may hold outside its gRPC workers: relay, consumer, expiry sweeper, import writers.
@@ -98,9 +107,3 @@ def describe(exc: ValidationError) -> str:
         name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
         parts.append(f"{name}={err.get('input')!r}: {err['msg']}")
     return "; ".join(parts)
-
-
-def fail(message: str) -> None:
-    """Print one line to stderr and exit with status 2."""
-    print(message, file=sys.stderr)
-    raise SystemExit(2)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+__all__ = ["DEFAULT_STORES", "MINOR_UNITS", "Store", "load_stores"]
+
 # Decimal places of each currency's minor unit (ISO 4217).
 MINOR_UNITS = {"EUR": 2, "CHF": 2, "USD": 2, "JPY": 0, "GBP": 2, "SEK": 2, "DKK": 2}
 

@@ -17,6 +17,24 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+__all__ = [
+    "BATCH_CALLS",
+    "EVENTS_CONSUMED",
+    "EVENTS_PARKED",
+    "EVENTS_PUBLISHED",
+    "EVENTS_RETRIED",
+    "EVENTS_UNROUTABLE",
+    "EVENT_LAG",
+    "OUTBOX_BACKLOG",
+    "OUTBOX_OLDEST_AGE",
+    "ROWS_PRUNED",
+    "RPC_HANDLED",
+    "RPC_LATENCY",
+    "configure_tracing",
+    "serve_metrics",
+    "tracing_exported",
+]
+
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _configured = False
@@ -60,6 +78,9 @@ EVENT_LAG = Histogram(
     "From the event's occurrence to its handler's commit",
     ["consumer", "event_type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+ROWS_PRUNED = Counter(
+    "storeplane_rows_pruned_total", "Rows deleted past their retention, by service and table", ["service", "table"]
 )
 
 

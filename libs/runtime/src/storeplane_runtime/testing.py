@@ -1,13 +1,46 @@
-"""Helpers for tests and benchmarks of storeplane processes (ports, waiting for health)."""
+"""Helpers for tests and benchmarks of storeplane services: free ports, waiting on conditions, a service started
+on a free port against SQLite or PostgreSQL, events delivered to its consumers, and what its units of work published.
+"""
 
 from __future__ import annotations
 
 import random
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import func, select
+
+from storeplane_runtime.app import ServiceApp
+from storeplane_runtime.clock import utcnow
+from storeplane_runtime.db import Database
+from storeplane_runtime.event_ids import new_event_id
+from storeplane_runtime.messaging.consumers import InboxApplier
+from storeplane_runtime.messaging.envelope import Envelope
+from storeplane_runtime.settings import ServiceSettings
+from storeplane_runtime.tables import outbox_table
+
+__all__ = [
+    "RunningService",
+    "deliver",
+    "free_port",
+    "free_port_block",
+    "published",
+    "service_settings",
+    "start_service",
+    "unsent_events",
+    "wait_serving",
+    "wait_until",
+]
+
+S = TypeVar("S", bound=ServiceSettings)
+E = TypeVar("E", bound=Message)
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -38,6 +71,18 @@ def _bindable(port: int) -> bool:
         return True
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds (a bounded wait on a
+    condition, never a bare sleep: a busy machine only makes it slower, not wrong)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def wait_serving(address: str, service: str = "", timeout: float = 120.0) -> None:
     """Poll grpc.health.v1 until `service` at `address` is SERVING; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -56,3 +101,94 @@ def wait_serving(address: str, service: str = "", timeout: float = 120.0) -> Non
                 last = exc.code().name
             time.sleep(0.05)
     raise AssertionError(f"{address} ({service or 'server'}) not SERVING after {timeout}s (last: {last})")
+
+
+def service_settings(settings_cls: type[S], name: str, database_url: str, **overrides: Any) -> S:
+    """Settings of a service under test: loopback, any free gRPC port, no metrics port, the given database."""
+    values: dict[str, Any] = {
+        "service_name": name,
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "database_url": database_url,
+        "shutdown_grace_seconds": 2,
+    }
+    values.update(overrides)
+    return settings_cls(**values)
+
+
+@dataclass
+class RunningService:
+    """A service app serving on a free port, with a channel to it; `stop()` ends both."""
+
+    app: ServiceApp
+    port: int
+    channel: grpc.Channel
+    _stubs: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def database(self) -> Database:
+        assert self.app.database is not None, f"{self.app.name} has no database"
+        return self.app.database
+
+    def stub_of(self, stub_class: Callable[[grpc.Channel], T]) -> T:
+        """A generated client stub (`XServiceStub`) on this service's channel, one per class."""
+        if stub_class not in self._stubs:
+            self._stubs[stub_class] = stub_class(self.channel)
+        stub: T = self._stubs[stub_class]
+        return stub
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.app.stop(0)
+
+
+def start_service(create_app: Callable[[S], ServiceApp], settings: S) -> RunningService:
+    """Build the app (schema migrated as `settings` says), start it and connect: gRPC over a real socket."""
+    app = create_app(settings)
+    port = app.start()
+    return RunningService(app, port, grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+
+def deliver(app: ServiceApp, event: Message, *, event_id: str = "", source: str = "test") -> str:
+    """Hand `event` to the app's consumers as the bus would (inbox, one unit of work); returns the outcome's status
+    (`applied`, `duplicate`, `ignored` or `failed`). The event's meta gets `event_id` (a new one if empty)."""
+    assert app.database is not None, f"{app.name} has no database"
+    assert app.consumers is not None, f"{app.name} consumes no events"
+    event_id = event_id or new_event_id()
+    meta = _meta_field(event)
+    if meta is not None:
+        meta.event_id = event_id  # type: ignore[attr-defined]
+        meta.event_type = event.DESCRIPTOR.full_name  # type: ignore[attr-defined]
+    envelope = Envelope(
+        event_id=event_id,
+        event_type=event.DESCRIPTOR.full_name,
+        source=source,
+        payload=event.SerializeToString(),
+        occurred_at=utcnow(),
+    )
+    [outcome] = InboxApplier(app.database, app.consumers).apply([envelope])
+    return outcome.status
+
+
+def _meta_field(event: Message) -> Message | None:
+    for fd in event.DESCRIPTOR.fields:
+        if fd.message_type is not None and fd.message_type.name == "EventMeta":
+            meta: Message = getattr(event, fd.name)
+            return meta
+    return None
+
+
+def published(database: Database, event_class: type[E]) -> list[E]:
+    """Every event of `event_class` the service's units of work wrote to its outbox, in commit order."""
+    t = outbox_table
+    query = select(t.c.payload).where(t.c.event_type == event_class.DESCRIPTOR.full_name).order_by(t.c.id)
+    with database.engine.connect() as conn:
+        return [event_class.FromString(payload) for payload in conn.execute(query).scalars()]
+
+
+def unsent_events(database: Database) -> int:
+    """Outbox rows the relay has not published yet."""
+    t = outbox_table
+    with database.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(t).where(t.c.sent_at.is_(None))).scalar_one())

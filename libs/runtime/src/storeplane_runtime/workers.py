@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 
+__all__ = ["ThreadWorker"]
+
 
 class ThreadWorker(ABC):
     """Runs `_run` on a daemon thread; `stop()` sets `_stopping` and waits for the loop to notice it."""

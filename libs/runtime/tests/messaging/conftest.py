@@ -19,7 +19,7 @@ from messaging_kit import Broker, Pipeline, ServiceDb, effects_metadata, rabbitm
 
 from storeplane_runtime.db import Database  # noqa: E402
 from storeplane_runtime.messaging import MessagingSettings  # noqa: E402
-from storeplane_runtime.outbox import messaging_metadata  # noqa: E402
+from storeplane_runtime.tables import messaging_metadata  # noqa: E402
 
 
 def need(server: str, reason: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pika
@@ -123,15 +122,6 @@ def recorder(name: str) -> Recorder:
     return rec
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def unique_name() -> str:
     return f"svc{uuid.uuid4().hex[:8]}"
 
@@ -162,7 +152,7 @@ def metric(name: str, **labels: str) -> float:
 
 
 def unsent_rows(db: ServiceDb) -> int:
-    from storeplane_runtime.outbox import outbox_table
+    from storeplane_runtime.tables import outbox_table
 
     with db.database.engine.connect() as conn:
         query = select(func.count()).select_from(outbox_table).where(outbox_table.c.sent_at.is_(None))
@@ -173,7 +163,7 @@ def mark_unsent(db: ServiceDb, event_ids: list[str] | None = None) -> int:
     """Make the relay publish rows again (as after a relay crash between publishing and marking sent)."""
     from sqlalchemy import update
 
-    from storeplane_runtime.outbox import outbox_table
+    from storeplane_runtime.tables import outbox_table
 
     statement = update(outbox_table).values(sent_at=None)
     if event_ids is not None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from messaging_kit import FAST, Pipeline, mark_unsent, metric, sale, unsent_rows, wait_until
+from messaging_kit import FAST, Pipeline, mark_unsent, metric, sale, unsent_rows
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from pos.checkout.v1 import events_pb2 as checkout_events
 from storeplane_runtime.db import UnitOfWork
+from storeplane_runtime.testing import wait_until
 
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name
 # Handler attempts a poison event gets: the first plus one per retry delay (0.3 s, 0.6 s in FAST).

@@ -14,15 +14,7 @@ from typing import Any
 
 import pika
 import pytest
-from messaging_kit import (
-    FAST,
-    ServiceDb,
-    delete_queues,
-    recorder,
-    unique_name,
-    unsent_rows,
-    wait_until,
-)
+from messaging_kit import FAST, ServiceDb, delete_queues, recorder, unique_name, unsent_rows
 
 from pos.checkout.v1 import events_pb2 as checkout_events
 from storeplane_cli import events as events_cli
@@ -30,6 +22,7 @@ from storeplane_runtime.messaging import AmqpConsumer, AmqpPublisher, InboxAppli
 from storeplane_runtime.messaging.consumers import Outcome
 from storeplane_runtime.messaging.envelope import Envelope
 from storeplane_runtime.messaging.topology import QueueNames, declare_consumer_queues
+from storeplane_runtime.testing import wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name

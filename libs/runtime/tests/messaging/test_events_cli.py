@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pika
 import pytest
-from messaging_kit import Pipeline, unique_name, wait_until
+from messaging_kit import Pipeline, unique_name
 
 from pos.checkout.v1 import events_pb2 as checkout_events
 from storeplane_runtime.messaging import MessagingSettings
 from storeplane_runtime.messaging.envelope import EXCHANGE, Envelope, to_amqp
 from storeplane_runtime.messaging.topology import QueueNames, declare_consumer_queues
+from storeplane_runtime.testing import wait_until
 
 pytestmark = [pytest.mark.rabbitmq]
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from messaging_kit import FAST, ServiceDb, recorder, sale, unique_name, wait_until
+from messaging_kit import FAST, ServiceDb, recorder, sale, unique_name
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import func, select, text
@@ -13,7 +13,8 @@ from sqlalchemy import func, select, text
 from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import InboxApplier, InProcessBus, InProcessConsumer, InProcessPublisher, OutboxRelay
 from storeplane_runtime.messaging.envelope import Envelope
-from storeplane_runtime.outbox import outbox_table
+from storeplane_runtime.tables import outbox_table
+from storeplane_runtime.testing import wait_until
 
 
 def _consumer(db: ServiceDb, bus: InProcessBus, name: str | None = None):  # type: ignore[no-untyped-def]

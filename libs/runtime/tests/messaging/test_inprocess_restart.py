@@ -11,14 +11,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from messaging_kit import FAST, Recorder, ServiceDb, metric, recorder, sale, unique_name, unsent_rows, wait_until
+from messaging_kit import FAST, Recorder, ServiceDb, metric, recorder, sale, unique_name, unsent_rows
 from sqlalchemy import select
 
 from pos.checkout.v1 import events_pb2 as checkout_events
 from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import InboxApplier, InProcessBus, InProcessConsumer, InProcessPublisher, OutboxRelay
 from storeplane_runtime.messaging.envelope import Envelope
-from storeplane_runtime.outbox import held_events_table
+from storeplane_runtime.tables import held_events_table
+from storeplane_runtime.testing import wait_until
 
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name
 # A first retry late enough that the process is stopped before it is due.

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import pika
 import pytest
-from messaging_kit import FAST, Broker, Recorder, ServiceDb, delete_queues, recorder, sale, unique_name, wait_until
+from messaging_kit import FAST, Broker, Recorder, ServiceDb, delete_queues, recorder, sale, unique_name
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import func, select
 
@@ -26,7 +26,8 @@ from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import AmqpConsumer, AmqpPublisher, InboxApplier, MessagingSettings, OutboxRelay
 from storeplane_runtime.messaging.envelope import EXCHANGE, Envelope
 from storeplane_runtime.messaging.topology import QueueNames
-from storeplane_runtime.outbox import outbox_table
+from storeplane_runtime.tables import inbox_table, outbox_table
+from storeplane_runtime.testing import wait_until
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name
@@ -56,10 +57,11 @@ def unsent(db: ServiceDb) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def test_cloudevents_sdk_reads_attributes_and_body_and_the_trace_reaches_the_handler(
+def test_both_cloudevents_sdk_bindings_read_attributes_and_body_and_the_trace_reaches_the_handler(
     rabbitmq: str, make_db: Callable[[str], ServiceDb], make_postgres_url: Callable[[], str]
 ) -> None:
     from cloudevents.core.bindings import amqp as ce_amqp
+    from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
     from cloudevents.core.formats.json import JSONFormat
 
     checkout, stock = make_db(make_postgres_url()), make_db(make_postgres_url())
@@ -112,6 +114,98 @@ def test_cloudevents_sdk_reads_attributes_and_body_and_the_trace_reaches_the_han
     assert checkout_events.SaleCompleted.FromString(data).sale_id == "S-ce"
     assert (properties.headers or {})["traceparent"].split("-")[1] == trace_id
     assert rec.traceparents == [trace_id]
+
+    # A sibling on pika or aio-pika with the SDK's RabbitMQ binding reads the same message alike; both bindings
+    # give exactly the attributes and body of the outbox row.
+    by_rabbitmq = ce_rabbitmq.from_binary(
+        ce_rabbitmq.RabbitMQMessage(
+            headers=dict(properties.headers or {}), content_type=properties.content_type, body=body
+        ),
+        JSONFormat(),
+    )
+    with checkout.database.engine.connect() as conn:
+        row = conn.execute(
+            select(outbox_table.c.occurred_at, outbox_table.c.payload).where(outbox_table.c.event_id == event_id)
+        ).one()
+    for read in (event, by_rabbitmq):
+        assert read.get_id() == event_id
+        assert read.get_type() == SALE
+        assert read.get_source() == "/storeplane/checkout"
+        assert read.get_specversion() == "1.0"
+        assert read.get_subject() == "S-ce"
+        assert read.get_time() == row.occurred_at
+        assert read.get_datacontenttype() == "application/protobuf"
+        assert read.get_data() == bytes(row.payload) == body
+
+
+def test_events_a_sibling_publishes_with_either_sdk_binding_or_bare_cloudevents_headers_are_consumed(
+    rabbitmq: str, make_db: Callable[[str], ServiceDb], make_postgres_url: Callable[[], str]
+) -> None:
+    from cloudevents.core.bindings import amqp as ce_amqp
+    from cloudevents.core.bindings import rabbitmq as ce_rabbitmq
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
+    stock = make_db(make_postgres_url())
+    rec = recorder(unique_name())
+    occurred = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
+
+    def payload(event_id: str, sale_id: str) -> bytes:
+        message = sale(sale_id)
+        message.meta.event_id = event_id
+        return message.SerializeToString()
+
+    def event(event_id: str, sale_id: str) -> CloudEvent:
+        attributes = {"id": event_id, "source": "/erp/sales", "type": SALE, "specversion": "1.0", "time": occurred}
+        attributes["datacontenttype"] = "application/protobuf"
+        return CloudEvent(attributes=attributes, data=payload(event_id, sale_id))
+
+    # Knative's RabbitMQ broker and the SDK's RabbitMQ binding on pika: `ce-` headers and content_type, nothing else.
+    by_rabbitmq = ce_rabbitmq.to_binary(event("erp-rabbitmq", "SIB-R"), JSONFormat())
+    # The SDK's AMQP binding: `cloudEvents_` names, the time as an AMQP timestamp (milliseconds).
+    by_amqp = ce_amqp.to_binary(event("erp-amqp", "SIB-A"), JSONFormat())
+    messages = [
+        (
+            pika.BasicProperties(headers=dict(by_rabbitmq.headers), content_type=by_rabbitmq.content_type),
+            by_rabbitmq.body,
+        ),
+        (
+            pika.BasicProperties(
+                headers=dict(by_amqp.application_properties), content_type=by_amqp.properties["content-type"]
+            ),
+            by_amqp.application_data,
+        ),
+        # Written by hand: only `cloudEvents:` headers, not even a content type.
+        (
+            pika.BasicProperties(
+                headers={
+                    "cloudEvents:specversion": "1.0",
+                    "cloudEvents:id": "erp-colon",
+                    "cloudEvents:source": "/erp/sales",
+                    "cloudEvents:type": SALE,
+                    "cloudEvents:time": "2025-03-14T09:26:53.589Z",
+                }
+            ),
+            payload("erp-colon", "SIB-C"),
+        ),
+    ]
+    with running(rabbitmq, rec, stock):
+        connection = pika.BlockingConnection(pika.URLParameters(rabbitmq))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            for properties, body in messages:
+                channel.basic_publish(EXCHANGE, SALE, body, properties, mandatory=True)
+        finally:
+            connection.close()
+        wait_until(lambda: stock.effects() == (3, 3), 15, "the sibling's three events applied")
+    assert sorted(rec.seen) == ["SIB-A", "SIB-C", "SIB-R"]
+    with stock.database.engine.connect() as conn:
+        inbox = conn.execute(
+            select(inbox_table.c.event_id, inbox_table.c.event_type).where(inbox_table.c.consumer == rec.consumers.name)
+        ).all()
+    # Deduplicated on the CloudEvents id, as our own events are on their message_id.
+    assert sorted(inbox) == [("erp-amqp", SALE), ("erp-colon", SALE), ("erp-rabbitmq", SALE)]
 
 
 def test_an_unroutable_event_is_reported_not_silently_dropped(

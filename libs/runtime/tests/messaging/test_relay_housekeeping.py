@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from messaging_kit import FAST, Pipeline, ServiceDb, mark_unsent, metric, recorder, sale, unique_name, wait_until
+from messaging_kit import FAST, Pipeline, ServiceDb, mark_unsent, metric, recorder, sale, unique_name
 from sqlalchemy import insert, select
 
 from pos.checkout.v1 import events_pb2 as checkout_events
@@ -15,7 +15,8 @@ from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import InboxApplier, InProcessBus, InProcessConsumer, InProcessPublisher, OutboxRelay
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.relay import coalesce_pause
-from storeplane_runtime.outbox import outbox_table
+from storeplane_runtime.tables import outbox_table
+from storeplane_runtime.testing import wait_until
 
 SALE = checkout_events.SaleCompleted.DESCRIPTOR.full_name
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from pos.checkout.v1 import checkout_pb2, checkout_pb2_grpc
 from storeplane_runtime.app import ServiceApp, command_line
-from storeplane_runtime.server import Registration
+from storeplane_runtime.db import Database
+from storeplane_runtime.server import ServiceRegistration
 from storeplane_runtime.settings import ServiceSettings
 
 NAME = "checkout"
@@ -18,10 +19,12 @@ class Settings(ServiceSettings):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
-    servicer = checkout_pb2_grpc.CheckoutServiceServicer()
-    registration = Registration(SERVICE, checkout_pb2_grpc.add_CheckoutServiceServicer_to_server, servicer)
-    return ServiceApp.with_database(NAME, settings, [registration], package_file=__file__)
+    def registrations(database: Database) -> list[ServiceRegistration]:
+        # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
+        servicer = checkout_pb2_grpc.CheckoutServiceServicer()
+        return [ServiceRegistration(SERVICE, checkout_pb2_grpc.add_CheckoutServiceServicer_to_server, servicer)]
+
+    return ServiceApp.with_database(NAME, settings, registrations, package_file=__file__)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from pos.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
 from storeplane_runtime.app import ServiceApp, command_line
-from storeplane_runtime.server import Registration
+from storeplane_runtime.db import Database
+from storeplane_runtime.server import ServiceRegistration
 from storeplane_runtime.settings import ServiceSettings
 
 NAME = "loyalty"
@@ -18,10 +19,12 @@ class Settings(ServiceSettings):
 
 
 def create_app(settings: Settings) -> ServiceApp:
-    # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
-    servicer = loyalty_pb2_grpc.LoyaltyServiceServicer()
-    registration = Registration(SERVICE, loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server, servicer)
-    return ServiceApp.with_database(NAME, settings, [registration], package_file=__file__)
+    def registrations(database: Database) -> list[ServiceRegistration]:
+        # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
+        servicer = loyalty_pb2_grpc.LoyaltyServiceServicer()
+        return [ServiceRegistration(SERVICE, loyalty_pb2_grpc.add_LoyaltyServiceServicer_to_server, servicer)]
+
+    return ServiceApp.with_database(NAME, settings, registrations, package_file=__file__)
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -1,19 +1,5 @@
-"""GetItem's answers kept in memory, so that a till scanning an item costs no database round trip.
-
-An answer shows an item and its level in one store. It is dropped the moment either may have changed:
-
-- this process's own commits drop the answers of the SKUs they changed before the call that committed returns
-  (`committed`, a database listener): a caller reads its own writes;
-- other replicas' commits arrive in commit order through the committed-events feed (`broadcast`, PostgreSQL);
-- a feed that lost its connection may have missed changes: everything is dropped (`clear`), and nothing is kept
-  or served while the feed is not live;
-- an answer older than `ttl_seconds` is not served (a bound on staleness should a notification ever go missing
-  without the feed noticing).
-
-Answers are only dropped, never patched from an event, so the order in which invalidations and database reads
-interleave cannot leave an old answer behind: a reader takes a `ticket` before reading the database, and keeps
-what it read only if no change to that SKU (and no `clear`) was seen since the ticket.
-"""
+"""GetItem's answers kept in memory, so that a till scanning an item costs no database round trip; an answer is
+dropped the moment its item or level may have changed."""
 
 from __future__ import annotations
 
@@ -22,12 +8,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from pos.stock.v1 import events_pb2, stock_pb2
+from pos.stock.v1 import stock_pb2
+from stock.events import ITEM_UPDATED, STOCK_LEVEL_CHANGED
 from storeplane_runtime.broadcast import Broadcast
 from storeplane_runtime.outbox import PendingEvent
 
-STOCK_LEVEL_CHANGED = events_pb2.StockLevelChanged.DESCRIPTOR.full_name
-ITEM_UPDATED = events_pb2.ItemUpdated.DESCRIPTOR.full_name
+# How an answer is dropped when its item or level may have changed:
+# - this process's own commits drop the answers of the SKUs they changed before the call that committed returns
+#   (`committed`, a database listener): a caller reads its own writes;
+# - other replicas' commits arrive in commit order through the committed-events feed (`broadcast`, PostgreSQL);
+# - a feed that lost its connection may have missed changes: everything is dropped (`clear`), and nothing is kept
+#   or served while the feed is not live;
+# - an answer older than `ttl_seconds` is not served (a bound on staleness should a notification ever go missing
+#   without the feed noticing).
+# Answers are only dropped, never patched from an event, so the order in which invalidations and database reads
+# interleave cannot leave an old answer behind: a reader takes a `ticket` before reading the database, and keeps
+# what it read only if no change to that SKU (and no `clear`) was seen since the ticket.
+
 # The events after which an answer may be wrong; their subject is the SKU.
 CHANGES = frozenset({STOCK_LEVEL_CHANGED, ITEM_UPDATED})
 

@@ -4,12 +4,11 @@ baskets release. Each runs in the consumer's unit of work, with its inbox row, e
 from __future__ import annotations
 
 from pos.checkout.v1 import events_pb2 as checkout_events
-from stock import services
-from stock.domain import ReservationState
-from stock.services import StockPolicy
+from stock import use_cases
+from stock.domain import ReservationState, StockPolicy
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import UnitOfWork
 from storeplane_runtime.messaging import Consumers
-from storeplane_runtime.outbox import utcnow
 
 
 def stock_consumers(policy: StockPolicy) -> Consumers:
@@ -18,7 +17,7 @@ def stock_consumers(policy: StockPolicy) -> Consumers:
 
     @consumers.handler(checkout_events.SaleCompleted)
     def on_sale_completed(uow: UnitOfWork, event: checkout_events.SaleCompleted) -> None:
-        services.commit_sale(
+        use_cases.commit_sale(
             uow,
             policy,
             sale_id=event.sale_id or event.client_sale_id or event.meta.event_id,
@@ -30,7 +29,7 @@ def stock_consumers(policy: StockPolicy) -> Consumers:
 
     @consumers.handler(checkout_events.SaleReturned)
     def on_sale_returned(uow: UnitOfWork, event: checkout_events.SaleReturned) -> None:
-        services.restock_return(
+        use_cases.restock_return(
             uow,
             policy,
             return_id=event.return_id or event.meta.event_id,
@@ -42,6 +41,6 @@ def stock_consumers(policy: StockPolicy) -> Consumers:
     @consumers.handler(checkout_events.BasketVoided)
     def on_basket_voided(uow: UnitOfWork, event: checkout_events.BasketVoided) -> None:
         if event.reservation_id:
-            services.end_reservation(uow, policy, event.reservation_id, to=ReservationState.RELEASED, now=utcnow())
+            use_cases.end_reservation(uow, policy, event.reservation_id, to=ReservationState.RELEASED, now=utcnow())
 
     return consumers

@@ -1,86 +1,30 @@
-"""Domain values as the contract's messages: levels, changes and items, and the events stock publishes."""
+"""The events stock publishes, as the contract's messages: StockLevelChanged, StockLow, ItemUpdated (one by one, or in
+bulk for imports). Which events a change causes is the domain's decision (`domain.events_of`)."""
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.message import Message
 
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import events_pb2, stock_pb2
-from stock.domain import ChangeReason, Item, Level, LevelChange, Reservation, ReservationState
+from stock.domain import ChangeReason, Item, LevelChange, StockEvent, StockLow
+from stock.messages import CHANGE_REASONS, change_message, item_message
 from storeplane_runtime import outbox
-from storeplane_runtime.outbox import timestamp_parts
+from storeplane_runtime.event_ids import new_event_ids
+from storeplane_runtime.timestamps import to_timestamp
 
+# The event types, as the outbox, the bus and the committed-events feed name them.
 STOCK_LEVEL_CHANGED = events_pb2.StockLevelChanged.DESCRIPTOR.full_name
-_REASONS = {r: stock_pb2.StockChangeReason.Value(f"STOCK_CHANGE_REASON_{r.value}") for r in ChangeReason}
+ITEM_UPDATED = events_pb2.ItemUpdated.DESCRIPTOR.full_name
 
 
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    seconds, nanos = timestamp_parts(value)
-    return Timestamp(seconds=seconds, nanos=nanos)
-
-
-def level_message(level: Level) -> stock_pb2.StockLevel:
-    return stock_pb2.StockLevel(
-        store_id=level.store_id,
-        sku=level.sku,
-        on_hand=level.on_hand,
-        reserved=level.reserved,
-        available=level.available,
-        updated_at=timestamp(level.updated_at),
-    )
-
-
-def change_message(change: LevelChange) -> stock_pb2.StockLevelChange:
-    after = change.after
-    adjustment = f"ADJUSTMENT_REASON_{change.adjustment_reason}" if change.adjustment_reason else None
-    return stock_pb2.StockLevelChange(
-        store_id=after.store_id,
-        sku=after.sku,
-        on_hand=after.on_hand,
-        reserved=after.reserved,
-        available=after.available,
-        on_hand_delta=change.on_hand_delta,
-        reserved_delta=change.reserved_delta,
-        reason=_REASONS[change.reason],
-        adjustment_reason=stock_pb2.AdjustmentReason.Value(adjustment) if adjustment else 0,
-        went_negative=change.went_negative,
-        reference_id=change.reference_id,
-        changed_at=timestamp(after.updated_at),
-    )
-
-
-def item_message(item: Item) -> stock_pb2.Item:
-    message = stock_pb2.Item(
-        sku=item.sku,
-        barcodes=list(item.barcodes),
-        name=item.name,
-        tax_class=item.tax_class,
-        prices=[common_pb2.Money(amount_minor=v, currency_code=c) for c, v in sorted(item.prices.items())],
-        revision=item.revision,
-        updated_at=timestamp(item.updated_at),
-    )
-    if item.reorder_point is not None:
-        message.reorder_point = item.reorder_point
-    return message
-
-
-def reservation_message(reservation: Reservation) -> stock_pb2.Reservation:
-    return stock_pb2.Reservation(
-        reservation_id=reservation.reservation_id,
-        store_id=reservation.store_id,
-        lines=[
-            stock_pb2.ReservedLine(sku=line.sku, requested_quantity=line.requested, reserved_quantity=line.reserved)
-            for line in reservation.lines
-        ],
-        state=stock_pb2.ReservationState.Value(f"RESERVATION_STATE_{reservation.state.value}"),
-        expires_at=timestamp(reservation.expires_at) if reservation.state is ReservationState.ACTIVE else None,
-    )
+def event_message(event: StockEvent, correlation_id: str) -> Message:
+    """The message of an event the domain decided on."""
+    if isinstance(event, StockLow):
+        return stock_low(event.change, event.reorder_point, correlation_id)
+    return level_changed(event.change, correlation_id)
 
 
 def level_changed(change: LevelChange, correlation_id: str) -> events_pb2.StockLevelChanged:
@@ -88,7 +32,7 @@ def level_changed(change: LevelChange, correlation_id: str) -> events_pb2.StockL
         meta=common_pb2.EventMeta(
             store_id=change.after.store_id,
             correlation_id=correlation_id,
-            occurred_at=timestamp(change.after.updated_at),
+            occurred_at=to_timestamp(change.after.updated_at),
         ),
         change=change_message(change),
     )
@@ -98,7 +42,7 @@ def stock_low(change: LevelChange, reorder_point: int, correlation_id: str) -> e
     after = change.after
     return events_pb2.StockLow(
         meta=common_pb2.EventMeta(
-            store_id=after.store_id, correlation_id=correlation_id, occurred_at=timestamp(after.updated_at)
+            store_id=after.store_id, correlation_id=correlation_id, occurred_at=to_timestamp(after.updated_at)
         ),
         store_id=after.store_id,
         sku=after.sku,
@@ -110,7 +54,7 @@ def stock_low(change: LevelChange, reorder_point: int, correlation_id: str) -> e
 
 def item_updated(item: Item, *, created: bool, correlation_id: str) -> events_pb2.ItemUpdated:
     return events_pb2.ItemUpdated(
-        meta=common_pb2.EventMeta(correlation_id=correlation_id, occurred_at=timestamp(item.updated_at)),
+        meta=common_pb2.EventMeta(correlation_id=correlation_id, occurred_at=to_timestamp(item.updated_at)),
         item=item_message(item),
         created=created,
     )
@@ -131,9 +75,9 @@ class LevelChangeEvents:
         self.headers = headers
         self.reference_id = reference_id
         self._template = events_pb2.StockLevelChanged(
-            meta=common_pb2.EventMeta(correlation_id=reference_id, occurred_at=timestamp(at)),
+            meta=common_pb2.EventMeta(correlation_id=reference_id, occurred_at=to_timestamp(at)),
             change=stock_pb2.StockLevelChange(
-                reason=_REASONS[reason], reference_id=reference_id, changed_at=timestamp(at)
+                reason=CHANGE_REASONS[reason], reference_id=reference_id, changed_at=to_timestamp(at)
             ),
         )
         # Fills source, event type and trace parent of the meta as every other event gets them; event ids are ours.
@@ -183,20 +127,3 @@ class LevelChangeEvents:
         """The StockLow of a change that reached the reorder point (rare: built the ordinary way)."""
         event = stock_low(change, reorder_point, self.reference_id)
         return outbox.prepare(event, source=self.source, subject=change.after.sku, headers=self.headers)
-
-
-def new_event_ids(count: int) -> list[str]:
-    """`count` new event ids: UUIDs of version 7 (RFC 9562), the time in milliseconds first, then a counter within
-    this call and 62 random bits, from one read of the system's randomness (uuid.uuid4() is a system call and an
-    object per id). Ids made together sort together, so the outbox's unique index on them grows at its right edge
-    instead of taking thousands of inserts at random places per import chunk."""
-    if not 0 < count <= 0x1000:
-        raise ValueError("between 1 and 4096 ids at a time (12-bit counter)")
-    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big").hex()
-    head = f"{millis[:8]}-{millis[8:]}-7"
-    random = os.urandom(8 * count).hex()
-    variant = "89ab"  # the two top bits of the variant nibble are 10
-    return [
-        f"{head}{i:03x}-{variant[int(random[j], 16) & 3]}{random[j + 1 : j + 4]}-{random[j + 4 : j + 16]}"
-        for i, j in zip(range(count), range(0, 16 * count, 16), strict=True)
-    ]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from stock import services
-from stock.services import StockPolicy
+from stock import use_cases
+from stock.domain import StockPolicy
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import Database, UnitOfWork
-from storeplane_runtime.outbox import utcnow
 from storeplane_runtime.workers import ThreadWorker
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class ExpirySweeper(ThreadWorker):
         total = 0
         while not self._stopping.is_set():
             with UnitOfWork(self.database, source=self.source) as uow:
-                count = services.expire_due(uow, self.policy, now=utcnow(), limit=self.batch)
+                count = use_cases.expire_due(uow, self.policy, now=utcnow(), limit=self.batch)
                 uow.commit()
             total += count
             if count < self.batch:

@@ -1,6 +1,5 @@
-"""GetItem's in-process item cache. An entry is trusted only at the revision the database reports in the same
-read as the level, so an item changed by any replica (or an import racing the read) is never served stale; commits
-of this process also drop the entries of the items they changed."""
+"""GetItem's in-process item cache: an item and its message, trusted only at the revision the database reports in
+the same read as the level, so an item changed by any replica (or an import racing the read) is never served stale."""
 
 from __future__ import annotations
 
@@ -8,12 +7,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pos.stock.v1 import events_pb2, stock_pb2
+from pos.stock.v1 import stock_pb2
 from stock.domain import Item
-from stock.events import item_message
+from stock.events import ITEM_UPDATED
+from stock.messages import item_message
 from storeplane_runtime.outbox import PendingEvent
-
-ITEM_UPDATED = events_pb2.ItemUpdated.DESCRIPTOR.full_name
 
 
 @dataclass(frozen=True)

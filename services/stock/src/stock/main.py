@@ -5,26 +5,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from pos.stock.v1 import stock_pb2, stock_pb2_grpc
-from stock.answers import ITEM_UPDATED
-from stock.api import ERROR_TABLE, NAME, StockServicer
+from pos.stock.v1 import stock_pb2_grpc
+from stock.answers import GetItemAnswers
+from stock.api import ERROR_TABLE, NAME, SERVICE_DESCRIPTOR, StockServicer
 from stock.consumers import stock_consumers
-from stock.events import STOCK_LEVEL_CHANGED
+from stock.domain import StockPolicy
+from stock.events import ITEM_UPDATED, STOCK_LEVEL_CHANGED
 from stock.expiry import ExpirySweeper
-from stock.services import StockPolicy
+from stock.item_cache import ItemCache
+from stock.queries import StockQueries
 from stock.settings import StockSettings
 from stock.watch import StockWatch
 from storeplane_runtime.app import ServiceApp, command_line
 from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed
-from storeplane_runtime.server import Registration
+from storeplane_runtime.db import Database
+from storeplane_runtime.server import ServiceRegistration
 from storeplane_runtime.stores import load_stores
-
-SERVICE = stock_pb2.DESCRIPTOR.services_by_name["StockService"].full_name
 
 Settings = StockSettings  # the name other tooling imports
 
 
 def policy_of(settings: StockSettings) -> StockPolicy:
+    """The stock rules' configurable part, as these settings set it."""
     return StockPolicy(
         default_ttl=timedelta(seconds=settings.reservation_default_ttl_seconds),
         max_ttl=timedelta(seconds=settings.reservation_max_ttl_seconds),
@@ -33,21 +35,28 @@ def policy_of(settings: StockSettings) -> StockPolicy:
 
 
 def create_app(settings: StockSettings) -> ServiceApp:
+    """The stock service, wired: its servicer, consumers, expiry sweeper, and the feeds of its caches and live stock."""
     policy = policy_of(settings)
     watch = StockWatch(settings.watch_queue_size)
-    servicer = StockServicer(None, settings, load_stores(), watch, policy)
-    registration = Registration(SERVICE, stock_pb2_grpc.add_StockServiceServicer_to_server, servicer)
+    answers = GetItemAnswers(settings.get_item_cache_size, settings.get_item_cache_seconds)
+    items = ItemCache()
+
+    def registrations(database: Database) -> list[ServiceRegistration]:
+        stores = load_stores()
+        queries = StockQueries(database, stores, answers=answers, items=items)
+        servicer = StockServicer(database, settings, stores, watch, policy, queries)
+        add_servicer = stock_pb2_grpc.add_StockServiceServicer_to_server
+        return [ServiceRegistration(SERVICE_DESCRIPTOR.full_name, add_servicer, servicer)]
+
     app = ServiceApp.with_database(
         NAME,
         settings,
-        [registration],
+        registrations,
         package_file=__file__,
         error_table=ERROR_TABLE,
         consumers=stock_consumers(policy),
     )
     assert app.database is not None
-    servicer.database = app.database  # the app owns the database; the servicer gets it once it exists
-    answers = servicer.answers
     if app.database.is_sqlite:  # one process: its own commits are all the commits
         app.database.on_committed_events(watch.committed)
     else:  # replicas: every replica's level changes (and item updates, for GetItem answers), through the database
@@ -73,7 +82,7 @@ def create_app(settings: StockSettings) -> ServiceApp:
         watch.ensure_live = feed.ensure_listening
         answers.live = feed.live.is_set
         app.workers.append(feed)
-    app.database.on_committed_events(servicer.items.committed)
+    app.database.on_committed_events(items.committed)
     app.database.on_committed_events(answers.committed)
     app.host.on_stopping.append(watch.stop)
     app.workers.append(

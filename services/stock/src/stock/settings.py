@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from stock.domain import DEFAULT_REORDER_POINT, DEFAULT_RESERVATION_TTL, MAX_RESERVATION_TTL
 from storeplane_runtime.settings import ServiceSettings
 
 
@@ -11,13 +12,13 @@ class StockSettings(ServiceSettings):
     """Environment of the stock service (docs/conventions.md), plus its own knobs (no prefix, like the rest)."""
 
     # A reservation lives this long after its last Reserve when the call names no TTL.
-    reservation_default_ttl_seconds: float = Field(default=15 * 60, gt=0, le=24 * 3600)
+    reservation_default_ttl_seconds: float = Field(default=DEFAULT_RESERVATION_TTL.total_seconds(), gt=0, le=24 * 3600)
     # Longest TTL a caller may ask for.
-    reservation_max_ttl_seconds: float = Field(default=24 * 3600, gt=0, le=7 * 24 * 3600)
+    reservation_max_ttl_seconds: float = Field(default=MAX_RESERVATION_TTL.total_seconds(), gt=0, le=7 * 24 * 3600)
     max_reservation_lines: int = Field(default=200, ge=1, le=10_000)
     max_availability_skus: int = Field(default=500, ge=1, le=10_000)
     # Available quantity at or below which StockLow fires for items without their own reorder point; -1 = never.
-    default_reorder_point: int = Field(default=0, ge=-1, le=1_000_000)
+    default_reorder_point: int = Field(default=DEFAULT_REORDER_POINT, ge=-1, le=1_000_000)
     # How often the sweeper looks for expired reservations, and how many it expires per transaction.
     expiry_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
     expiry_batch_size: int = Field(default=100, ge=1, le=10_000)
@@ -31,12 +32,10 @@ class StockSettings(ServiceSettings):
     get_item_cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
     get_item_cache_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Reserves arriving together are done in one transaction (group commit), at most this many (1: each alone), in
-    # at most `lanes` such transactions at once. One lane did the most Reserves/s on 2 cores (bigger batches; two
-    # lanes' batches wait for each other's level locks); more lanes keep other Reserves going past one stuck on a lock.
+    # at most `lanes` such transactions at once (docs/conventions.md says why one lane is the default).
     reserve_batch_size: int = Field(default=32, ge=1, le=1000)
     reserve_batch_lanes: int = Field(default=1, ge=1, le=64)
-    # While Reserves arrive together, a batch first waits this long for more to join (0: never). 4 ms made batches
-    # twice as large under the 16-caller benchmark: 15-20% less CPU per call, more calls/s, lower p99.
+    # While Reserves arrive together, a batch first waits this long for more to join (0: never).
     reserve_batch_linger_seconds: float = Field(default=0.004, ge=0, le=0.1)
     # Changes buffered per WatchStock subscriber; a subscriber that falls this far behind is cut off.
     watch_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)

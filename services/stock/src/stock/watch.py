@@ -1,36 +1,33 @@
-"""Live stock: committed level changes fanned out to WatchStock subscribers.
-
-Fed with the StockLevelChanged events each commit wrote to its outbox, so a watcher sees exactly what was committed,
-in commit order, without any query per client. Where they come from depends on the database:
-
-* SQLite (one process): the database's committed-events listener, on the committing thread (`committed`);
-* PostgreSQL (any number of replicas): every replica's commits, through the database's notifications
-  (`storeplane_runtime.broadcast`, `changed`), listened to only while this replica has watchers. While that feed
-  is down the hub is unavailable: watchers are cut off (they must re-read levels and watch again) and new ones are
-  refused, since changes could be missed.
-
-Each subscriber has a bounded queue; one that falls behind is cut off (it must re-read levels) rather than slowing
-the writers.
-"""
+"""Live stock: committed level changes fanned out to WatchStock subscribers, each with a bounded queue (one that falls
+behind is cut off, rather than slowing the writers)."""
 
 from __future__ import annotations
 
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from pos.stock.v1 import events_pb2, stock_pb2
+from stock.domain import WatcherFellBehind
 from stock.events import STOCK_LEVEL_CHANGED
 from storeplane_runtime.broadcast import Broadcast
 from storeplane_runtime.errors import Unavailable
 from storeplane_runtime.outbox import PendingEvent
 
+# Fed with the StockLevelChanged events each commit wrote to its outbox, so a watcher sees exactly what was committed,
+# in commit order, without any query per client. Where they come from depends on the database:
+# - SQLite (one process): the database's committed-events listener, on the committing thread (`committed`);
+# - PostgreSQL (any number of replicas): every replica's commits, through the database's notifications
+#   (`storeplane_runtime.broadcast`, `changed`), listened to only while this replica has watchers. While that feed
+#   is down the hub is unavailable: watchers are cut off (they must re-read levels and watch again) and new ones are
+#   refused, since changes could be missed.
+
 _CLOSED = object()
 
 
 class Subscription:
-    """One watcher: the changes of one store (optionally only some SKUs), read with `next_change`."""
+    """One watcher: the changes of one store (optionally only some SKUs), read with `changes` or `next_change`."""
 
     def __init__(self, hub: StockWatch, store_id: str, skus: Collection[str], capacity: int) -> None:
         self.hub = hub
@@ -62,6 +59,18 @@ class Subscription:
         assert isinstance(item, stock_pb2.StockLevelChange)
         return item
 
+    def changes(self, is_active: Callable[[], bool], poll_seconds: float) -> Iterator[stock_pb2.StockLevelChange]:
+        """The changes as they come, while the caller `is_active` and the subscription open; ends with
+        WatcherFellBehind if it fell behind, Unavailable if the feed lost changes (re-read levels, watch again)."""
+        while is_active() and not self.closed:
+            change = self.next_change(poll_seconds)
+            if change is not None:
+                yield change
+        if self.overflowed:
+            raise WatcherFellBehind("the watcher read too slowly and missed changes; re-read levels, watch again")
+        if self.missed:
+            raise Unavailable("live stock changes were interrupted on this server; re-read levels, watch again")
+
     def close(self) -> None:
         """Stop receiving (client went away, fell behind, or the server stops); wakes a waiting reader."""
         if not self.closed:
@@ -83,7 +92,6 @@ class StockWatch:
         self.capacity = capacity
         self._by_store: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
-        self.stopping = threading.Event()
         # Makes sure every committed change reaches this hub from now on; False when it cannot (the replica's feed
         # is down). Called after a new subscriber counts, so a feed that listens only while watched sees it.
         self.ensure_live: Callable[[], bool] = lambda: True
@@ -144,7 +152,6 @@ class StockWatch:
 
     def stop(self) -> None:
         """End every stream cleanly (server shutdown)."""
-        self.stopping.set()
         with self._lock:
             subscribers = [s for group in self._by_store.values() for s in group]
         for subscription in subscribers:

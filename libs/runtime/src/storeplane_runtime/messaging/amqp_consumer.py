@@ -1,20 +1,19 @@
-"""The RabbitMQ consumer runner of one service: one connection owned by an I/O thread, handlers on another.
+"""The RabbitMQ consumer runner of one service: one connection owned by an I/O thread, handlers on another."""
 
-pika is not thread-safe: only the I/O thread touches the connection. It keeps heartbeats flowing while a handler
-runs; the handler thread hands results back with `add_callback_threadsafe`, and the I/O thread acknowledges,
-sends failures to the retry queue for their attempt, or parks them after the last attempt, each with a publisher
-confirm before the original is acknowledged. Connection loss: reconnect with backoff and jitter; whatever was
-unacknowledged is redelivered and the inbox makes it harmless.
-
-Crash loops. When a consumer's connection closes, a quorum queue raises the delivery count of *every* message it
-held unacknowledged, and dead-letters past `x-delivery-limit`. A process that dies on one poison message, again and
-again, would so park the innocent messages in flight beside it. Hence a slow start: each connection consumes with
-one message in flight, and only after `events_slow_start_deliveries` first-time deliveries in a row were applied
-and acknowledged does it add a consumer with the full prefetch (a new `basic.qos` does not change the prefetch of
-a running quorum-queue consumer). And a suspect delivery (redelivered, maybe what killed the previous process) is
-always applied on its own and acknowledged before the handler takes anything else. A crash on a suspect message
-thus raises the count of that message alone, and only it reaches the delivery limit.
-"""
+# pika is not thread-safe: only the I/O thread touches the connection. It keeps heartbeats flowing while a handler
+# runs; the handler thread hands results back with `add_callback_threadsafe`, and the I/O thread acknowledges,
+# sends failures to the retry queue for their attempt, or parks them after the last attempt, each with a publisher
+# confirm before the original is acknowledged. Connection loss: reconnect with backoff and jitter; whatever was
+# unacknowledged is redelivered and the inbox makes it harmless.
+#
+# Crash loops. When a consumer's connection closes, a quorum queue raises the delivery count of *every* message it
+# held unacknowledged, and dead-letters past `x-delivery-limit`. A process that dies on one poison message, again and
+# again, would so park the innocent messages in flight beside it. Hence a slow start: each connection consumes with
+# one message in flight, and only after `events_slow_start_deliveries` first-time deliveries in a row were applied
+# and acknowledged does it add a consumer with the full prefetch (a new `basic.qos` does not change the prefetch of
+# a running quorum-queue consumer). And a suspect delivery (redelivered, maybe what killed the previous process) is
+# always applied on its own and acknowledged before the handler takes anything else. A crash on a suspect message
+# thus raises the count of that message alone, and only it reaches the delivery limit.
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ import logging
 import queue
 import random
 import threading
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import pika
@@ -32,6 +30,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from storeplane_runtime import telemetry
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.consumers import InboxApplier, Outcome, record_parked
 from storeplane_runtime.messaging.envelope import (
@@ -205,7 +204,7 @@ class AmqpConsumer:
             return
         headers = {
             REASON_HEADER: outcome.reason,
-            PARKED_AT_HEADER: datetime.now(UTC).isoformat(),
+            PARKED_AT_HEADER: utcnow().isoformat(),
             ORIGIN_QUEUE_HEADER: self.queues.main,
         }
         self._publisher.basic_publish(
@@ -270,8 +269,3 @@ class AmqpConsumer:
         while not settled.wait(0.05):
             if self._stopping.is_set() or generation != self._generation or self._connection is None:
                 return
-
-
-def replayed(envelope: Envelope) -> Envelope:
-    """The envelope as it goes back to its queue from parking: a fresh first attempt."""
-    return replace(envelope, attempt=1, reason="")

@@ -1,16 +1,17 @@
-"""Event handlers of a service and how they are applied: each in a unit of work with its inbox row.
+"""Event handlers of a service and how they are applied: each in a unit of work with its inbox row."""
 
-    consumers = Consumers("stock")
-
-    @consumers.handler(SaleCompleted)
-    def on_sale(uow: UnitOfWork, event: SaleCompleted) -> None: ...
-
-A handler changes state through `uow.session` (and may `uow.publish` further events); it does not commit.
-The runner commits the handler's effects, the events it published and the inbox row (consumer, event id) together,
-and acknowledges the message only after that commit. An event whose inbox row exists is acknowledged without
-effect, so redeliveries and replays are harmless. Messages that arrive together are applied in one transaction,
-each in its own savepoint, so one failing handler does not undo the others.
-"""
+# Usage:
+#
+#     consumers = Consumers("stock")
+#
+#     @consumers.handler(SaleCompleted)
+#     def on_sale(uow: UnitOfWork, event: SaleCompleted) -> None: ...
+#
+# A handler changes state through `uow.session` (and may `uow.publish` further events); it does not commit.
+# The runner commits the handler's effects, the events it published and the inbox row (consumer, event id) together,
+# and acknowledges the message only after that commit. An event whose inbox row exists is acknowledged without
+# effect, so redeliveries and replays are harmless. Messages that arrive together are applied in one transaction,
+# each in its own savepoint, so one failing handler does not undo the others.
 
 from __future__ import annotations
 
@@ -18,20 +19,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from sqlalchemy import Connection, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from storeplane_runtime import telemetry
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.messaging.envelope import Envelope
-from storeplane_runtime.outbox import inbox_table
+from storeplane_runtime.sql import insert_for, is_postgres
+from storeplane_runtime.tables import inbox_table
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("storeplane.messaging")
@@ -44,12 +44,11 @@ _PG_INBOX_INSERT = text(
 )
 
 E = TypeVar("E", bound=Message)
-U = TypeVar("U", bound=UnitOfWork)
 Handler = Callable[[Any, Any], None]
 
 
 @dataclass(frozen=True)
-class Registration(Generic[E]):
+class HandlerRegistration(Generic[E]):
     event_class: type[E]
     handle: Handler
 
@@ -62,7 +61,7 @@ class Consumers:
         self.unit_of_work: Callable[[Database, str], UnitOfWork] = unit_of_work or (
             lambda db, source: UnitOfWork(db, source=source)
         )
-        self.registrations: dict[str, Registration[Any]] = {}
+        self.registrations: dict[str, HandlerRegistration[Any]] = {}
 
     def handler(self, event_class: type[E]) -> Callable[[Callable[[Any, E], None]], Callable[[Any, E], None]]:
         """Register `fn(uow, event)` for events of `event_class` (one handler per event type)."""
@@ -71,7 +70,7 @@ class Consumers:
             event_type = event_class.DESCRIPTOR.full_name
             if event_type in self.registrations:
                 raise ValueError(f"{self.name}: a handler for {event_type} is already registered")
-            self.registrations[event_type] = Registration(event_class, fn)
+            self.registrations[event_type] = HandlerRegistration(event_class, fn)
             return fn
 
         return register
@@ -129,7 +128,7 @@ class InboxApplier:
         except _HandlerFailed as failure:
             # The failing event is not run again (that would be a second attempt within one delivery).
             outcomes = self._apply_with_savepoints(envelopes, {failure.index: failure.outcome})
-        done = datetime.now(UTC)
+        done = utcnow()
         name = self.consumers.name
         # Metric children are looked up once per (type, outcome) of the batch, not once per event.
         counts: dict[tuple[str, str], int] = {}
@@ -210,8 +209,8 @@ class InboxApplier:
         """Insert the inbox rows; returns the event ids that were not there before."""
         if not envelopes:
             return set()
-        now = datetime.now(UTC)
-        if conn.dialect.name == "postgresql":
+        now = utcnow()
+        if is_postgres(conn):
             # One constant statement with array parameters: no per-batch SQL compilation, and the server keeps
             # it prepared. An id delivered twice in one batch is inserted once (the rest are duplicates).
             ids = list(dict.fromkeys(e.event_id for e in envelopes))
@@ -230,9 +229,11 @@ class InboxApplier:
             }
             for e in envelopes
         }
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         statement = (
-            insert(inbox_table).values(list(rows.values())).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+            insert_for(conn, inbox_table)
+            .values(list(rows.values()))
+            .on_conflict_do_nothing()
+            .returning(inbox_table.c.event_id)
         )
         return set(conn.execute(statement).scalars())
 
@@ -278,11 +279,12 @@ class InboxApplier:
             "consumer": self.consumers.name,
             "event_id": envelope.event_id,
             "event_type": envelope.event_type,
-            "processed_at": datetime.now(UTC),
+            "processed_at": utcnow(),
         }
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         # RETURNING, not rowcount: the driver's rowcount of ON CONFLICT DO NOTHING is not reliable on PostgreSQL.
-        statement = insert(inbox_table).values(**values).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+        statement = (
+            insert_for(conn, inbox_table).values(**values).on_conflict_do_nothing().returning(inbox_table.c.event_id)
+        )
         return conn.execute(statement).first() is not None
 
     def apply_until_done(self, envelopes: Sequence[Envelope], stopping: Callable[[], bool]) -> list[Outcome] | None:

@@ -1,5 +1,5 @@
 """The message format on the wire: an outbox row becomes a protobuf body plus AMQP properties and headers
-(CloudEvents AMQP binding attributes, W3C trace context); a received message becomes an `Envelope` again."""
+(CloudEvents attributes for both SDK bindings, W3C trace context); a received message becomes an `Envelope` again."""
 
 from __future__ import annotations
 
@@ -10,9 +10,20 @@ from typing import Any
 
 import pika
 
+from storeplane_runtime.clock import as_utc
+
 CONTENT_TYPE = "application/protobuf"
 EXCHANGE = "pos.events"
+# Each CloudEvents attribute goes out twice, so that a sibling reads it with either binding of the cloudevents SDK:
+# `cloudEvents:<name>` for the AMQP binding (`cloudevents.core.bindings.amqp`), `ce-<name>` for the RabbitMQ binding
+# (`cloudevents.core.bindings.rabbitmq`: pika and aio-pika users, Knative's RabbitMQ broker). Both take
+# `datacontenttype` from the `content_type` property. Every value is a string (`time` in RFC 3339, which the RabbitMQ
+# binding requires and the AMQP binding accepts).
 CE_PREFIX = "cloudEvents:"
+CE_RABBITMQ_PREFIX = "ce-"
+# What a received message may carry its attributes under: ours, the AMQP binding's JMS-friendly variant (the SDK's
+# `amqp.to_binary` writes it), the RabbitMQ binding's. Compared ignoring case.
+_RECEIVED_PREFIXES = (CE_PREFIX.lower(), "cloudevents_", CE_RABBITMQ_PREFIX)
 # Our own bookkeeping headers, kept apart from the CloudEvents ones.
 ATTEMPT_HEADER = "x-storeplane-attempt"
 REASON_HEADER = "x-storeplane-reason"
@@ -46,16 +57,19 @@ def cloudevents_source(service: str) -> str:
 
 def to_amqp(envelope: Envelope, *, extra_headers: Mapping[str, Any] | None = None) -> pika.BasicProperties:
     """AMQP properties of an event: persistent, typed, CloudEvents attributes and trace context as headers."""
-    occurred = envelope.occurred_at if envelope.occurred_at.tzinfo else envelope.occurred_at.replace(tzinfo=UTC)
-    headers: dict[str, Any] = {
-        f"{CE_PREFIX}specversion": "1.0",
-        f"{CE_PREFIX}id": envelope.event_id,
-        f"{CE_PREFIX}source": cloudevents_source(envelope.source),
-        f"{CE_PREFIX}type": envelope.event_type,
-        f"{CE_PREFIX}time": occurred.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    occurred = as_utc(envelope.occurred_at)
+    attributes = {
+        "specversion": "1.0",
+        "id": envelope.event_id,
+        "source": cloudevents_source(envelope.source),
+        "type": envelope.event_type,
+        "time": occurred.isoformat().replace("+00:00", "Z"),
     }
     if envelope.subject:
-        headers[f"{CE_PREFIX}subject"] = envelope.subject
+        attributes["subject"] = envelope.subject
+    headers: dict[str, Any] = {}
+    for prefix in (CE_PREFIX, CE_RABBITMQ_PREFIX):
+        headers.update((prefix + name, value) for name, value in attributes.items())
     if envelope.store_id:
         headers["store_id"] = envelope.store_id
     for key in ("traceparent", "tracestate"):
@@ -77,33 +91,52 @@ def to_amqp(envelope: Envelope, *, extra_headers: Mapping[str, Any] | None = Non
 
 
 def from_amqp(properties: pika.BasicProperties, body: bytes, *, redelivered: bool = False) -> Envelope:
-    """Read back what `to_amqp` wrote; tolerant of messages a sibling system published by hand."""
+    """Read back what `to_amqp` wrote, or what a sibling published: CloudEvents attributes under any binding's
+    prefix, or only the plain AMQP properties (`message_id`, `type`, `app_id`, `timestamp`)."""
     headers: dict[str, Any] = dict(properties.headers or {})
-
-    def text(value: Any) -> str:
-        return value.decode() if isinstance(value, bytes) else str(value or "")
-
-    source = text(properties.app_id) or text(headers.get(f"{CE_PREFIX}source")).rsplit("/", 1)[-1]
-    occurred_at = _parse_time(text(headers.get(f"{CE_PREFIX}time")), properties.timestamp)
+    attributes = _cloudevents_attributes(headers)
+    source = _text(properties.app_id) or _text(attributes.get("source")).rsplit("/", 1)[-1]
     return Envelope(
-        event_id=text(properties.message_id) or text(headers.get(f"{CE_PREFIX}id")),
-        event_type=text(properties.type) or text(headers.get(f"{CE_PREFIX}type")),
+        event_id=_text(properties.message_id) or _text(attributes.get("id")),
+        event_type=_text(properties.type) or _text(attributes.get("type")),
         source=source,
         payload=body,
-        occurred_at=occurred_at,
-        subject=text(headers.get(f"{CE_PREFIX}subject")),
-        store_id=text(headers.get("store_id")),
-        trace_headers={k: text(headers[k]) for k in ("traceparent", "tracestate") if headers.get(k)},
+        occurred_at=_parse_time(attributes.get("time"), properties.timestamp),
+        subject=_text(attributes.get("subject")),
+        store_id=_text(headers.get("store_id")),
+        trace_headers={k: _text(headers[k]) for k in ("traceparent", "tracestate") if headers.get(k)},
         attempt=int(headers.get(ATTEMPT_HEADER) or 1),
-        reason=text(headers.get(REASON_HEADER)) or _death_reason(headers),
+        reason=_text(headers.get(REASON_HEADER)) or _death_reason(headers),
         redelivered=redelivered,
     )
 
 
-def _parse_time(value: str, fallback_epoch: int | None) -> datetime:
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _cloudevents_attributes(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The CloudEvents attributes among the headers, by name (an attribute under several prefixes: the first)."""
+    found: dict[str, Any] = {}
+    for header, value in headers.items():
+        lowered = header.lower()
+        for prefix in _RECEIVED_PREFIXES:
+            if lowered.startswith(prefix):
+                found.setdefault(lowered[len(prefix) :], value)
+                break
+    return found
+
+
+def _parse_time(value: Any, fallback_epoch: int | None) -> datetime:
+    # RFC 3339 text (both bindings), or an AMQP timestamp: milliseconds since the epoch as the SDK's AMQP binding
+    # writes it, or a datetime as pika decodes a timestamp-typed header.
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, UTC)
     if value:
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return as_utc(datetime.fromisoformat(_text(value).replace("Z", "+00:00")))
         except ValueError:
             pass
     return datetime.fromtimestamp(fallback_epoch or 0, UTC)

@@ -1,16 +1,15 @@
-"""The in-process bus of the embedded stack (no AMQP_URL): the same outbox → relay → inbox path, without a broker.
+"""The in-process bus of the embedded stack (no AMQP_URL): the same outbox → relay → inbox path, without a broker."""
 
-One bus per process (`BUS`), shared by every service started in it, so checkout's relay delivers into stock's
-consumer, whose handler runs in stock's own database with stock's inbox. A consumer's queue exists from the moment
-its app is built (like a durable queue), so events published before it starts wait for it.
-
-Delivery guarantee: the relay marks an outbox row sent only after every bound consumer has settled the event —
-committed it with its inbox row, or committed a hold on it (waiting for a retry, or parked) to its own database
-(messaging/holds.py). A crash before that publishes the event again after restart (the inbox makes it harmless);
-after it, the consumer takes its holds up again when it starts: due retries run, parked events wait for an operator
-(`storeplane events parked|replay|purge` on the data directory). Only the ready events live in memory, and the
-relay still owns those (not marked sent yet).
-"""
+# One bus per process (`BUS`), shared by every service started in it, so checkout's relay delivers into stock's
+# consumer, whose handler runs in stock's own database with stock's inbox. A consumer's queue exists from the moment
+# its app is built (like a durable queue), so events published before it starts wait for it.
+#
+# Delivery guarantee: the relay marks an outbox row sent only after every bound consumer has settled the event —
+# committed it with its inbox row, or held it (waiting for a retry, or parked) in its own database (held_events.py).
+# A crash before that publishes the event again after restart (the inbox makes it harmless); after it, the consumer
+# takes its held events up again when it starts: due retries run, parked events wait for an operator (`storeplane
+# events parked|replay|purge` on the data directory). Only the ready events live in memory, and the relay still owns
+# those (not marked sent yet).
 
 from __future__ import annotations
 
@@ -20,14 +19,15 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 from storeplane_runtime import telemetry
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.consumers import InboxApplier, record_parked
 from storeplane_runtime.messaging.envelope import Envelope
-from storeplane_runtime.messaging.holds import PARKED, WAITING, HeldEvents, Hold
+from storeplane_runtime.messaging.held_events import PARKED, WAITING, HeldEvent, HeldEvents
 from storeplane_runtime.messaging.relay import OK, UNROUTABLE
 from storeplane_runtime.workers import ThreadWorker
 
@@ -110,10 +110,6 @@ class InProcessBus:
             queue = self._queues[name] = InProcessQueue(name, event_types)
             return queue
 
-    def unbind(self, name: str) -> None:
-        with self._lock:
-            self._queues.pop(name, None)
-
     def queues(self) -> list[InProcessQueue]:
         with self._lock:
             return list(self._queues.values())
@@ -170,13 +166,13 @@ class InProcessPublisher:
 
 
 T = TypeVar("T")
-# How often a consumer looks for holds changed from outside (an operator's replay) when none of its own falls due.
+# How often a consumer looks for held events changed from outside (an operator's replay) when none of its own falls due.
 HELD_POLL_SECONDS = 1.0
 
 
 class InProcessConsumer(ThreadWorker):
     """A `Worker`: applies the events of its in-process queue, retrying with delay and parking like RabbitMQ; both
-    kinds of hold are kept in the consumer's database, so they outlive the process."""
+    kinds of held event are kept in the consumer's database, so they outlive the process."""
 
     def __init__(
         self, applier: InboxApplier, *, bus: InProcessBus = BUS, settings: MessagingSettings | None = None
@@ -220,7 +216,7 @@ class InProcessConsumer(ThreadWorker):
                 items = [_Item(e, held=True) for e in envelopes]
                 next_look = now + HELD_POLL_SECONDS
                 if next_due is not None:
-                    next_look = min(next_look, now + (next_due - datetime.now(UTC)).total_seconds())
+                    next_look = min(next_look, now + (next_due - utcnow()).total_seconds())
             wait = 0.0 if items else min(0.2, max(0.0, next_look - time.monotonic()))
             items = _merged(items + self.queue.take(limit - len(items), timeout=wait))
             if not items:
@@ -239,9 +235,9 @@ class InProcessConsumer(ThreadWorker):
                     self.queue.put(item.envelope, None)
             raise _Stopped
         delays = self.settings.events_retry_delays
-        new: list[Hold] = []
-        copies: list[Hold] = []
-        changed: list[Hold] = []
+        new: list[HeldEvent] = []
+        copies: list[HeldEvent] = []
+        changed: list[HeldEvent] = []
         released: list[str] = []
         failed: list[_Item] = []
         soonest = float("inf")
@@ -249,31 +245,31 @@ class InProcessConsumer(ThreadWorker):
             envelope = item.envelope
             if not outcome.failed:
                 if item.held or envelope.event_id in self._held_ids:
-                    released.append(envelope.event_id)  # applied (now or before): its hold is done with
+                    released.append(envelope.event_id)  # applied (now or before): no longer held
                 self.queue.settle(item)
                 continue
             failed.append(item)
             if not outcome.final and envelope.attempt <= len(delays):
                 delay = delays[envelope.attempt - 1]
                 soonest = min(soonest, delay)
-                due = datetime.now(UTC) + timedelta(seconds=delay)
-                hold = Hold(envelope.next_attempt(), WAITING, outcome.reason, due)
+                due = utcnow() + timedelta(seconds=delay)
+                held = HeldEvent(envelope.next_attempt(), WAITING, outcome.reason, due)
             else:
-                hold = Hold(envelope, PARKED, outcome.reason)
-            # A copy of an event held already (delivered again by the relay) does not take a second hold: its
-            # insert yields to the hold there is (and is not counted as a retry or a parking of its own).
-            (changed if item.held else copies if envelope.event_id in self._held_ids else new).append(hold)
+                held = HeldEvent(envelope, PARKED, outcome.reason)
+            # A copy of an event held already (delivered again by the relay) is not held twice: its insert yields
+            # to the row there is (and is not counted as a retry or a parking of its own).
+            (changed if item.held else copies if envelope.event_id in self._held_ids else new).append(held)
         if new or copies or changed or released:
             self._until_done(lambda: self.held.record([*new, *copies], changed, released))
             self._held_ids.difference_update(released)
             self._held_ids.update(h.envelope.event_id for h in new)
-        for hold in (*new, *changed):
-            if hold.state == WAITING:
-                telemetry.EVENTS_RETRIED.labels(self.name, hold.envelope.event_type).inc()
+        for held in (*new, *changed):
+            if held.state == WAITING:
+                telemetry.EVENTS_RETRIED.labels(self.name, held.envelope.event_type).inc()
             else:
-                record_parked(self.name, hold.envelope, hold.reason)
+                record_parked(self.name, held.envelope, held.reason)
         for item in failed:
-            self.queue.settle(item)  # only now: its hold has committed
+            self.queue.settle(item)  # only now: it is held (committed)
         return soonest
 
     def _until_done(self, work: Callable[[], T]) -> T:

@@ -1,38 +1,36 @@
-"""The outbox relay: publishes committed outbox rows, in id order, and marks them sent once the bus confirmed them.
+"""The outbox relay: publishes committed outbox rows, in id order, and marks them sent once the bus confirmed them."""
 
-One relay thread per service process. It wakes right after a commit that wrote events (`Database.on_events_committed`)
-and otherwise polls. On PostgreSQL several replicas may run: each claims its batch with `FOR UPDATE SKIP LOCKED` and
-keeps the lock until the rows are marked sent, so a row is published by one replica only. A crash between
-publishing and marking sent publishes that batch again: consumers deduplicate on the event id (inbox).
-"""
+# One relay thread per service process. It wakes right after a commit that wrote events (`Database.on_events_committed`)
+# and otherwise polls. On PostgreSQL several replicas may run: each claims its batch with `FOR UPDATE SKIP LOCKED` and
+# keeps the lock until the rows are marked sent, so a row is published by one replica only. A crash between
+# publishing and marking sent publishes that batch again: consumers deduplicate on the event id (inbox).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol
 
-import pika
-import pika.exceptions
-from pika.spec import Basic
-from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from storeplane_runtime import telemetry
+from storeplane_runtime.clock import as_utc, utcnow
 from storeplane_runtime.db import Database
 from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.messaging.config import MessagingSettings
-from storeplane_runtime.messaging.envelope import EXCHANGE, Envelope, to_amqp
-from storeplane_runtime.messaging.topology import declare_exchange
-from storeplane_runtime.outbox import outbox_table
+from storeplane_runtime.messaging.envelope import Envelope
+from storeplane_runtime.messaging.pruning import delete_before, record_pruned
+from storeplane_runtime.sql import is_postgres
+from storeplane_runtime.tables import outbox_table
 
 log = logging.getLogger(__name__)
 
+# What a `Publisher` reports per event besides an error text: the bus took it, or no queue is bound to its type.
 OK = "ok"
 UNROUTABLE = "unroutable"
 
@@ -78,135 +76,6 @@ class Publisher(Protocol):
         """Cut `idle` short (thread-safe)."""
 
     def close(self) -> None: ...
-
-
-class AmqpPublisher:
-    """Publishes to `pos.events` with publisher confirms, all messages of a batch in flight at once.
-
-    pika's BlockingChannel waits for each confirm in turn; here the batch is written through the channel's
-    asynchronous implementation and confirms are collected by delivery tag while the connection pumps I/O.
-    Not thread-safe: used by the relay thread only (except `interrupt`).
-    """
-
-    def __init__(
-        self, url: str, *, app_id: str, heartbeat: int = 30, confirm_timeout: float = 30.0, connect_timeout: float = 5.0
-    ) -> None:
-        self.parameters = pika.URLParameters(url)
-        self.parameters.heartbeat = heartbeat
-        self.parameters.blocked_connection_timeout = confirm_timeout
-        self.parameters.socket_timeout = connect_timeout
-        self.parameters.stack_timeout = connect_timeout + 5
-        self.parameters.connection_attempts = 1
-        self.app_id = app_id
-        self.confirm_timeout = confirm_timeout
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None  # the asynchronous pika.channel.Channel behind the BlockingChannel
-        self._next_tag = 1
-        self._pending: dict[int, int] = {}  # delivery tag -> index in the batch
-        self._results: list[str] = []
-        self._returned: set[str] = set()
-        self._lock = threading.Lock()
-
-    def connect(self) -> None:
-        if self._connection is not None and self._connection.is_open and self._channel is not None:
-            return
-        self.close()
-        connection = pika.BlockingConnection(self.parameters)
-        try:
-            blocking_channel = connection.channel()
-            declare_exchange(blocking_channel)
-            channel = blocking_channel._impl
-            selected = threading.Event()
-            channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _frame: selected.set())
-            channel.add_on_return_callback(self._on_return)
-            deadline = time.monotonic() + self.confirm_timeout
-            while not selected.is_set() and time.monotonic() < deadline:
-                connection.process_data_events(time_limit=0.1)
-            if not selected.is_set():
-                raise pika.exceptions.AMQPConnectionError("confirm.select not answered")
-        except BaseException:
-            _close_quietly(connection)
-            raise
-        with self._lock:
-            self._connection, self._channel, self._next_tag = connection, channel, 1
-
-    def publish(self, envelopes: Sequence[Envelope]) -> list[str]:
-        self.connect()
-        assert self._connection is not None
-        self._results = ["no confirm"] * len(envelopes)
-        self._pending = {}
-        self._returned = set()
-        try:
-            for index, envelope in enumerate(envelopes):
-                self._pending[self._next_tag] = index
-                self._next_tag += 1
-                self._channel.basic_publish(
-                    EXCHANGE, envelope.event_type, envelope.payload, to_amqp(envelope), mandatory=True
-                )
-            deadline = time.monotonic() + self.confirm_timeout
-            while self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise pika.exceptions.AMQPConnectionError("publisher confirms timed out")
-                self._connection.process_data_events(time_limit=min(remaining, 1.0))
-        except BaseException:
-            self.close()
-            raise
-        for index, envelope in enumerate(envelopes):
-            if self._results[index] == OK and envelope.event_id in self._returned:
-                self._results[index] = UNROUTABLE
-        return self._results
-
-    def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        ok = isinstance(method, Basic.Ack)
-        tags = [t for t in self._pending if t <= method.delivery_tag] if method.multiple else [method.delivery_tag]
-        for tag in tags:
-            index = self._pending.pop(tag, None)
-            if index is not None:
-                self._results[index] = OK if ok else "nacked by broker"
-        if not self._pending and self._connection is not None:
-            # Callbacks of the underlying channel do not end process_data_events early; a ready event does.
-            self._connection.add_callback_threadsafe(_nothing)
-
-    def _on_return(self, _channel: Any, method: Any, properties: pika.BasicProperties, _body: bytes) -> None:
-        # basic.return precedes the basic.ack of an unroutable mandatory message.
-        self._returned.add(str(properties.message_id))
-        log.warning("event unroutable", extra={"event_type": properties.type, "reply": method.reply_text})
-
-    def idle(self, seconds: float, wake: threading.Event) -> None:
-        connection = self._connection
-        if connection is None or not connection.is_open:
-            wake.wait(seconds)
-            return
-        try:
-            connection.process_data_events(time_limit=seconds)
-        except Exception:
-            log.warning("publisher connection lost while idle", exc_info=True)
-            self.close()
-
-    def interrupt(self) -> None:
-        with self._lock:
-            connection = self._connection
-        if connection is not None:
-            with contextlib.suppress(Exception):  # closed meanwhile: the relay is not waiting on it
-                connection.add_callback_threadsafe(_nothing)
-
-    def close(self) -> None:
-        with self._lock:
-            connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            _close_quietly(connection)
-
-
-def _nothing() -> None:
-    return None
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    with contextlib.suppress(Exception):
-        if connection.is_open:
-            connection.close()
 
 
 def coalesce_pause(settings: MessagingSettings, since_last_start: float, last_took: float) -> float:
@@ -301,7 +170,7 @@ class OutboxRelay:
             # One relay per SQLite file (embedded); keep the write lock only for the short reads and updates.
             with self.database.engine.connect() as conn:
                 with conn.begin():
-                    rows = self._select(conn, lock=False)
+                    rows = self._select(conn)
                 if not rows:
                     return 0
                 results = self.publisher.publish(_envelopes(rows))
@@ -309,16 +178,16 @@ class OutboxRelay:
                     self._mark(conn, rows, results)
                 return len(rows)
         with self.database.engine.connect() as conn, conn.begin():
-            rows = self._select(conn, lock=True)
+            rows = self._select(conn)
             if not rows:
                 return 0
             results = self.publisher.publish(_envelopes(rows))
             self._mark(conn, rows, results)
             return len(rows)
 
-    def _select(self, conn: Connection, *, lock: bool) -> Sequence[Sequence[Any]]:
+    def _select(self, conn: Connection) -> Sequence[Sequence[Any]]:
         """Unsent rows as tuples of `_COLUMNS`, oldest first; on PostgreSQL locked (SKIP LOCKED) for this pass."""
-        if conn.dialect.name == "postgresql":
+        if is_postgres(conn):
             # Straight from the driver, in the connection's transaction: plain tuples, no per-row wrapping, and the
             # headers as text (a unit of work gives all its events the same headers: parsed once per batch).
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -331,18 +200,19 @@ class OutboxRelay:
         return conn.execute(_SELECT_UNSENT, {"limit": self.settings.outbox_batch_size}).all()
 
     def _mark(self, conn: Connection, rows: Sequence[Sequence[Any]], results: Sequence[str]) -> None:
-        now = datetime.now(UTC)
+        now = utcnow()
         sent = [r[_ID] for r, res in zip(rows, results, strict=True) if res == OK]
         unroutable = [r for r, res in zip(rows, results, strict=True) if res == UNROUTABLE]
         failed = [(r, res) for r, res in zip(rows, results, strict=True) if res not in (OK, UNROUTABLE)]
-        if sent and conn.dialect.name == "postgresql":
+        postgres = is_postgres(conn)
+        if sent and postgres:
             driver_execute(conn, _PG_MARK, {"now": now, "error": None, "ids": sent})
         elif sent:
             conn.execute(update(outbox_table).where(outbox_table.c.id.in_(sent)).values(sent_at=now))
         if unroutable:
             # Nothing is bound to this type: republishing cannot help. Reported by log and metric, kept as sent.
             ids = [r[_ID] for r in unroutable]
-            if conn.dialect.name == "postgresql":
+            if postgres:
                 driver_execute(conn, _PG_MARK, {"now": now, "error": _UNROUTABLE, "ids": ids})
             else:
                 conn.execute(
@@ -372,7 +242,7 @@ class OutboxRelay:
             self._next_stats = now + 5.0
             self.update_backlog_metrics()
         if now >= self._next_prune:
-            self._next_prune = now + 600.0
+            self._next_prune = now + self.settings.prune_interval_seconds
             self.prune()
         s = self.settings
         if (
@@ -397,26 +267,23 @@ class OutboxRelay:
             count, oldest = conn.execute(
                 select(func.count(), func.min(outbox_table.c.occurred_at)).where(outbox_table.c.sent_at.is_(None))
             ).one()
-        age = 0.0
-        if oldest is not None:
-            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-            age = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        age = 0.0 if oldest is None else max(0.0, (utcnow() - as_utc(oldest)).total_seconds())
         telemetry.OUTBOX_BACKLOG.labels(self.service).set(count)
         telemetry.OUTBOX_OLDEST_AGE.labels(self.service).set(age)
         return int(count), age
 
     def prune(self) -> int:
-        """Delete rows sent longer ago than the retention period, in chunks; returns how many."""
-        cutoff = datetime.now(UTC) - timedelta(hours=self.settings.outbox_retention_hours)
-        total = 0
-        while not self._stopping.is_set():
-            with self.database.engine.connect() as conn, conn.begin():
-                ids = select(outbox_table.c.id).where(outbox_table.c.sent_at < cutoff).limit(5000).scalar_subquery()
-                deleted = conn.execute(delete(outbox_table).where(outbox_table.c.id.in_(ids))).rowcount
-            total += deleted
-            if deleted < 5000:
-                break
-        return total
+        """Delete rows sent longer ago than the retention period, in batches; returns how many. Unsent rows stay."""
+        cutoff = utcnow() - timedelta(hours=self.settings.outbox_retention_hours)
+        deleted = delete_before(
+            self.database,
+            outbox_table.c.sent_at,
+            cutoff,
+            batch_size=self.settings.prune_batch_size,
+            stopping=self._stopping.is_set,
+        )
+        record_pruned(self.service, outbox_table.name, deleted)
+        return deleted
 
 
 def _envelopes(rows: Sequence[Sequence[Any]]) -> list[Envelope]:
@@ -431,7 +298,7 @@ def _envelopes(rows: Sequence[Sequence[Any]]) -> list[Envelope]:
                 event_type,
                 source,
                 payload if type(payload) is bytes else bytes(payload),
-                occurred_at if occurred_at.tzinfo else occurred_at.replace(tzinfo=UTC),
+                as_utc(occurred_at),
                 subject or "",
                 store_id or "",
                 headers if type(headers) is dict else dict(headers or {}),

@@ -1,12 +1,11 @@
-"""Exchange and queues, declared idempotently at start by every relay and consumer.
+"""Exchange and queues, declared idempotently at start by every relay and consumer."""
 
-Per consuming service `<svc>`:
-- `<svc>.events`: quorum queue bound to `pos.events` by the event types it handles; `x-delivery-limit` guards
-  against crash loops, past it the broker dead-letters to the parking queue (at-least-once).
-- `<svc>.events.retry.<ms>ms`: one quorum queue per retry delay; a failed message waits there for its TTL and is
-  dead-lettered (at-least-once) back to `<svc>.events` with its attempt number in a header.
-- `<svc>.events.parked`: where a message goes after its last attempt, with the reason; operators replay it.
-"""
+# Per consuming service `<svc>`:
+# - `<svc>.events`: quorum queue bound to `pos.events` by the event types it handles; `x-delivery-limit` guards
+#   against crash loops, past it the broker dead-letters to the parking queue (at-least-once).
+# - `<svc>.events.retry.<ms>ms`: one quorum queue per retry delay; a failed message waits there for its TTL and is
+#   dead-lettered (at-least-once) back to `<svc>.events` with its attempt number in a header.
+# - `<svc>.events.parked`: where a message goes after its last attempt, with the reason; operators replay it.
 
 from __future__ import annotations
 

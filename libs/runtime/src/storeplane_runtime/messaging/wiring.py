@@ -1,4 +1,5 @@
-"""Which relay and consumer a service process runs: RabbitMQ when AMQP_URL is set, else the in-process bus."""
+"""Which messaging workers a service process runs: its relay and consumer (RabbitMQ when AMQP_URL is set, else the
+in-process bus) and the pruner of its shared tables."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from pydantic import ValidationError
 
 from storeplane_runtime.db import Database
 from storeplane_runtime.messaging.amqp_consumer import AmqpConsumer
+from storeplane_runtime.messaging.amqp_publisher import AmqpPublisher
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.consumers import Consumers, InboxApplier
 from storeplane_runtime.messaging.inprocess import BUS, InProcessBus, InProcessConsumer, InProcessPublisher
-from storeplane_runtime.messaging.relay import AmqpPublisher, OutboxRelay, Publisher
+from storeplane_runtime.messaging.pruning import Pruner
+from storeplane_runtime.messaging.relay import OutboxRelay, Publisher
 from storeplane_runtime.settings import ServiceSettings, SettingsError, describe
 
 
@@ -22,7 +25,7 @@ class MessagingWorker(Protocol):
 
 
 def load_messaging_settings(service: str) -> MessagingSettings:
-    """EVENTS_* and OUTBOX_* from the environment; a wrong value stops the process with one line."""
+    """EVENTS_*, OUTBOX_*, INBOX_* and PRUNE_* from the environment; a wrong value stops the process with one line."""
     try:
         return MessagingSettings()
     except ValidationError as exc:
@@ -38,7 +41,7 @@ def messaging_workers(
     messaging: MessagingSettings | None = None,
     bus: InProcessBus = BUS,
 ) -> list[MessagingWorker]:
-    """The consumer runner (if the service handles events) and the outbox relay of one service process."""
+    """The consumer runner (if the service handles events), the outbox relay and the pruner of one service process."""
     messaging = messaging or load_messaging_settings(service)
     workers: list[MessagingWorker] = []
     if consumers:
@@ -53,4 +56,5 @@ def messaging_workers(
     else:
         publisher = InProcessPublisher(bus)
     workers.append(OutboxRelay(database, publisher, service=service, settings=messaging))
+    workers.append(Pruner(database, service=service, settings=messaging))
     return workers

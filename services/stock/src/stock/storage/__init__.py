@@ -1,6 +1,5 @@
-"""Storage of the stock service, one module per concept: tables, items, levels, reservations, audit records.
-
-Callers use `storage.<function>`; every query takes a Connection (hot paths) or a Session."""
+"""Storage of the stock service, one module per concept (tables, items, levels, reservations, audit records);
+callers use `storage.<function>`, and every query takes a Connection (hot paths) or a Session."""
 
 from stock.storage.audit import first_application, record_adjustment, record_discrepancies
 from stock.storage.items import (
@@ -19,7 +18,7 @@ from stock.storage.levels import (
     lock_level_keys,
     lock_levels,
     lock_levels_of_items,
-    move_levels,
+    lock_or_create_levels,
     read_levels,
     write_levels,
 )
@@ -32,7 +31,6 @@ from stock.storage.reservations import (
 )
 from stock.storage.tables import (
     applied_documents,
-    insert_for,
     item_barcodes,
     items,
     metadata,
@@ -40,7 +38,6 @@ from stock.storage.tables import (
     stock_adjustments,
     stock_discrepancies,
     stock_levels,
-    utc,
 )
 
 __all__ = [
@@ -56,7 +53,6 @@ __all__ = [
     "find_reservation",
     "first_application",
     "import_on_hand",
-    "insert_for",
     "insert_imported_levels",
     "item_barcodes",
     "items",
@@ -64,9 +60,9 @@ __all__ = [
     "lock_level_keys",
     "lock_levels",
     "lock_levels_of_items",
+    "lock_or_create_levels",
     "lock_reservations",
     "metadata",
-    "move_levels",
     "read_levels",
     "record_adjustment",
     "record_discrepancies",
@@ -76,6 +72,5 @@ __all__ = [
     "stock_adjustments",
     "stock_discrepancies",
     "stock_levels",
-    "utc",
     "write_levels",
 ]

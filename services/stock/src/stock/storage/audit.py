@@ -5,47 +5,46 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from stock.domain import LevelChange
-from stock.storage.tables import Db, applied_documents, insert_for, stock_adjustments, stock_discrepancies
+from stock.domain import Discrepancy, LevelChange
+from stock.storage.tables import applied_documents, stock_adjustments, stock_discrepancies
+from storeplane_runtime.sql import Db, insert_for
 
 _ADJUSTMENT = stock_adjustments.insert()
 _DISCREPANCY = stock_discrepancies.insert()
 
 
-def record_adjustment(
-    conn: Db, change: LevelChange, *, reason: str, note: str, request_id: str, caller: str, now: datetime
-) -> None:
+def record_adjustment(conn: Db, change: LevelChange, *, note: str, caller: str, now: datetime) -> None:
+    """Who adjusted a level by hand, by how much and why."""
     conn.execute(
         _ADJUSTMENT,
         {
             "store_id": change.after.store_id,
             "sku": change.after.sku,
             "delta": change.on_hand_delta,
-            "reason": reason,
+            "reason": change.adjustment_reason,
             "note": note,
-            "request_id": request_id,
+            "request_id": change.reference_id,
             "caller": caller,
             "created_at": now,
         },
     )
 
 
-def record_discrepancies(conn: Db, rows: Sequence[tuple[str, LevelChange, int]], now: datetime) -> None:
-    """(kind, change, quantity) of facts accepted although they looked wrong."""
-    if rows:
+def record_discrepancies(conn: Db, discrepancies: Sequence[Discrepancy], now: datetime) -> None:
+    if discrepancies:
         conn.execute(
             _DISCREPANCY,
             [
                 {
-                    "store_id": c.after.store_id,
-                    "sku": c.after.sku,
-                    "kind": kind,
-                    "quantity": quantity,
-                    "on_hand_after": c.after.on_hand,
-                    "reference_id": c.reference_id,
+                    "store_id": d.change.after.store_id,
+                    "sku": d.change.after.sku,
+                    "kind": d.kind.value,
+                    "quantity": d.quantity,
+                    "on_hand_after": d.change.after.on_hand,
+                    "reference_id": d.change.reference_id,
                     "recorded_at": now,
                 }
-                for kind, c, quantity in rows
+                for d in discrepancies
             ],
         )
 

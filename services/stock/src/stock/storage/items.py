@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import JSON, bindparam, select, update
 
 from stock.domain import Item, Level
-from stock.storage.tables import Db, driver_sql, is_postgres, item_barcodes, items, stock_levels, utc
+from stock.storage.tables import item_barcodes, items, stock_levels
+from storeplane_runtime.clock import as_utc
+from storeplane_runtime.sql import Db, driver_sql, is_postgres
 
 # Statements are built once: building and cache-keying a statement per call cost more than its round trip.
 _ITEM_BY_SKU = select(items).where(items.c.sku == bindparam("sku"))
@@ -64,7 +66,7 @@ def _item(row: Any) -> Item:
         prices=dict(row.prices),
         reorder_point=row.reorder_point,
         revision=row.revision,
-        updated_at=utc(row.updated_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 
@@ -111,7 +113,7 @@ def find_on_shelf(conn: Db, store_id: str, *, sku: str = "", barcode: str = "") 
         return None
     if row.on_hand is None:
         return Shelf(row.sku, row.revision, Level(store_id, row.sku))
-    return Shelf(row.sku, row.revision, Level(store_id, row.sku, row.on_hand, row.reserved, utc(row.updated_at)))
+    return Shelf(row.sku, row.revision, Level(store_id, row.sku, row.on_hand, row.reserved, as_utc(row.updated_at)))
 
 
 def known_skus(conn: Db, skus: Collection[str]) -> dict[str, int | None]:

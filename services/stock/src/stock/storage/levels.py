@@ -1,20 +1,23 @@
 """Stock levels: reads, locks and writes. Writers lock level rows in (store, sku) order, always after the one
-reservation row they touch, so concurrent reservations, sales and imports cannot deadlock each other.
-
-On PostgreSQL a set of rows travels as arrays (`unnest`), so a write of any number of rows is one statement with
-one fixed text (prepared once by the server) instead of a statement per row; those statements go to the driver
-as they are, with parameters in binary (`%(name)b`: no text escaping of every array element)."""
+reservation row they touch, so concurrent reservations, sales and imports cannot deadlock each other."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, tuple_, update
 
-from stock.domain import ChangeReason, Level, LevelChange
-from stock.storage.tables import Db, driver_sql, insert_for, is_postgres, items, stock_levels, utc
+from stock.domain import Level
+from stock.storage.items import known_skus
+from stock.storage.tables import stock_levels
+from storeplane_runtime.clock import as_utc
+from storeplane_runtime.sql import Db, driver_sql, insert_for, is_postgres
+
+# On PostgreSQL a set of rows travels as arrays (`unnest`), so a write of any number of rows is one statement with
+# one fixed text (prepared once by the server) instead of a statement per row; those statements go to the driver
+# as they are, with parameters in binary (`%(name)b`: no text escaping of every array element).
 
 _sl = stock_levels
 _READ = select(_sl).where(_sl.c.store_id == bindparam("store_id"), _sl.c.sku.in_(bindparam("skus", expanding=True)))
@@ -72,7 +75,6 @@ _LOCK_WITH_ITEMS_PG = (
     " SELECT 'L' AS kind, store_id, sku, on_hand, reserved, updated_at, NULL AS reorder_point FROM lv"
     " UNION ALL SELECT 'I', NULL, sku, NULL, NULL, NULL, reorder_point FROM it"
 )
-_KNOWN = select(items.c.sku, items.c.reorder_point).where(items.c.sku.in_(bindparam("skus", expanding=True)))
 _WRITE_SQLITE = (
     update(_sl)
     .where(_sl.c.store_id == bindparam("b_store"), _sl.c.sku == bindparam("b_sku"))
@@ -89,7 +91,7 @@ _INSERT_SQLITE = _sl.insert()
 
 
 def _level(row: Any) -> Level:
-    return Level(row.store_id, row.sku, row.on_hand, row.reserved, utc(row.updated_at))
+    return Level(row.store_id, row.sku, row.on_hand, row.reserved, as_utc(row.updated_at))
 
 
 def level_arrays(levels: Sequence[Level]) -> dict[str, list[Any]]:
@@ -106,8 +108,9 @@ def read_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Lev
     if not skus:
         return {}
     params = {"store_id": store_id, "skus": list(skus)}
-    rows = driver_sql(conn, _READ_PG, params) if is_postgres(conn) else conn.execute(_READ, params)
-    return {row.sku: _level(row) for row in rows}
+    if is_postgres(conn):
+        return {row.sku: _level(row) for row in driver_sql(conn, _READ_PG, params)}
+    return {row.sku: _level(row) for row in conn.execute(_READ, params)}
 
 
 def lock_levels(conn: Db, store_id: str, skus: Collection[str]) -> dict[str, Level]:
@@ -125,9 +128,7 @@ def lock_levels_of_items(
     if not keys:
         return {}, {}
     if not is_postgres(conn):  # SQLite: the writer holds the database lock already
-        skus = list({sku for _, sku in keys})
-        known = {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": skus})}
-        return lock_level_keys(conn, keys), known
+        return lock_level_keys(conn, keys), known_skus(conn, list({sku for _, sku in keys}))
     ordered = sorted(keys)
     params = {"stores": [k[0] for k in ordered], "skus": [k[1] for k in ordered]}
     levels: dict[tuple[str, str], Level] = {}
@@ -170,7 +171,7 @@ def import_on_hand(
         found = driver_sql(conn, _IMPORT_ON_HAND_PG, params).fetchall()
         return {(store, sku): (point, before, reserved) for store, sku, point, before, reserved in found}
     # SQLite: the writer holds the database lock already; the same result in three statements.
-    known = {row.sku: row.reorder_point for row in conn.execute(_KNOWN, {"skus": list({r[1] for r in rows})})}
+    known = known_skus(conn, list({r[1] for r in rows}))
     keys = sorted((store, sku) for store, sku, _ in rows if sku in known)
     locked = {
         (row.store_id, row.sku): (row.on_hand, row.reserved)
@@ -238,31 +239,12 @@ def write_levels(conn: Db, levels: Sequence[Level]) -> None:
     )
 
 
-def move_levels(
-    conn: Db,
-    store_id: str,
-    moves: Mapping[str, tuple[int, int]],
-    *,
-    reason: ChangeReason | Mapping[str, ChangeReason],
-    reference_id: str,
-    now: datetime,
-    adjustment_reason: str = "",
-) -> list[LevelChange]:
-    """Apply (on_hand delta, reserved delta) per SKU, creating missing level rows; returns the changes.
-
-    `reason` is one for all, or one per SKU."""
-    moves = {sku: m for sku, m in moves.items() if m != (0, 0)}
-    locked = lock_levels(conn, store_id, moves)
-    missing = [sku for sku in moves if sku not in locked]
+def lock_or_create_levels(conn: Db, store_id: str, skus: Collection[str], now: datetime) -> dict[str, Level]:
+    """The level rows of these SKUs in one store, locked in SKU order until the transaction ends; zero rows are
+    created first for those that have none."""
+    locked = lock_levels(conn, store_id, skus)
+    missing = [sku for sku in skus if sku not in locked]
     if missing:
         create_levels(conn, ((store_id, sku) for sku in missing), now)
         locked.update(lock_levels(conn, store_id, missing))
-    changes = []
-    for sku in sorted(moves):
-        before = locked[sku]
-        on_hand_delta, reserved_delta = moves[sku]
-        why = reason if isinstance(reason, ChangeReason) else reason[sku]
-        after = before.moved(on_hand_delta, reserved_delta, now)
-        changes.append(LevelChange(before, after, why, reference_id, adjustment_reason))
-    write_levels(conn, [c.after for c in changes])
-    return changes
+    return locked

@@ -12,7 +12,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from stock.domain import Level, Reservation, ReservationState, ReservedLine
 from stock.storage.levels import WRITE_PG_SQL, level_arrays, write_levels
-from stock.storage.tables import Db, driver_sql, is_postgres, reservations, utc
+from stock.storage.tables import reservations
+from storeplane_runtime.clock import as_utc
+from storeplane_runtime.sql import Db, driver_sql, is_postgres
 
 _r = reservations
 ACTIVE = ReservationState.ACTIVE.value
@@ -101,7 +103,7 @@ def _reservation(row: Any, state: ReservationState | None = None) -> Reservation
         store_id=row.store_id,
         state=state or ReservationState(row.state),
         lines=tuple(ReservedLine(sku, requested, held) for sku, requested, held in row.lines),
-        expires_at=utc(row.expires_at),
+        expires_at=as_utc(row.expires_at),
     )
 
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    Connection,
     DateTime,
     Index,
     Integer,
@@ -20,12 +15,8 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
-from storeplane_runtime.driver import driver_execute
-from storeplane_runtime.outbox import NAMING
+from storeplane_runtime.tables import NAMING
 
 metadata = MetaData(naming_convention=NAMING)
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -111,32 +102,3 @@ applied_documents = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("kind", "document_id"),
 )
-
-
-def utc(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; everything stored is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-Db = Connection | Session  # queries run on either; hot paths pass the unit of work's Connection (no ORM overhead)
-
-
-def is_postgres(conn: Db) -> bool:
-    bind = conn.get_bind() if isinstance(conn, Session) else conn
-    return bind.dialect.name == "postgresql"
-
-
-def insert_for(conn: Db, table: Table) -> Any:
-    """An INSERT that understands ON CONFLICT on both databases."""
-    return (pg_insert if is_postgres(conn) else sqlite_insert)(table)
-
-
-def driver_sql(conn: Db, sql: str, params: Mapping[str, Any]) -> Any:
-    """Run PostgreSQL text with psycopg placeholders (`%(name)b`: binary) as it is, in the same transaction and with
-    SQLAlchemy's error translation (`storeplane_runtime.db.driver_execute`); rows are named tuples."""
-    return driver_execute(conn.connection() if isinstance(conn, Session) else conn, sql, params)
-
-
-def on_postgres(conn: Db, postgres: Any, sqlite: Any) -> Any:
-    """The statement built for the connection's database (statements are built once, at import)."""
-    return postgres if is_postgres(conn) else sqlite

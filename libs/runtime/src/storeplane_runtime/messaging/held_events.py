@@ -1,31 +1,30 @@
-"""The events an in-process bus consumer holds, in its own database: waiting for a retry, or parked.
+"""The events an in-process bus consumer holds, in its own database: waiting for a retry, or parked."""
 
-The embedded counterpart of RabbitMQ's durable retry and parking queues. A consumer lets the relay mark a failed
-event sent only once its hold has committed, and takes its holds up again when it starts. Operators list, replay
-and purge parked events here (`storeplane events` on an embedded stack's data directory).
-"""
+# The embedded counterpart of RabbitMQ's durable retry and parking queues. A consumer lets the relay mark a failed
+# event sent only once it is held (committed), and takes its held events up again when it starts. Operators list,
+# replay and purge parked events here (`storeplane events` on an embedded stack's data directory).
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from storeplane_runtime.clock import as_utc, utcnow
 from storeplane_runtime.db import Database
 from storeplane_runtime.messaging.envelope import Envelope
-from storeplane_runtime.outbox import held_events_table as held
+from storeplane_runtime.sql import insert_for
+from storeplane_runtime.tables import held_events_table as held
 
 WAITING = "waiting"
 PARKED = "parked"
 
 
 @dataclass(frozen=True)
-class Hold:
+class HeldEvent:
     """An event taken into a consumer's custody: waiting for the attempt `envelope.attempt` at `due_at`, or parked
     after its last attempt."""
 
@@ -37,6 +36,8 @@ class Hold:
 
 @dataclass(frozen=True)
 class ParkedEvent:
+    """A parked event as operators list it: since when it is parked, and why."""
+
     envelope: Envelope  # attempt: the last one made; reason: why it was parked
     reason: str
     parked_at: datetime
@@ -49,14 +50,15 @@ class HeldEvents:
         self.database = database
         self.consumer = consumer
 
-    def record(self, new: Sequence[Hold] = (), changed: Sequence[Hold] = (), released: Collection[str] = ()) -> None:
-        """In one transaction: take `new` holds (an event held already keeps the hold it has), update `changed`
-        ones, and release (forget) the events `released`."""
-        now = datetime.now(UTC)
+    def record(
+        self, new: Sequence[HeldEvent] = (), changed: Sequence[HeldEvent] = (), released: Collection[str] = ()
+    ) -> None:
+        """In one transaction: hold the `new` events (an event held already stays as it is held), update the
+        `changed` ones, and release (forget) the events `released`."""
+        now = utcnow()
         with self.database.engine.begin() as conn:
             if new:
-                insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-                conn.execute(insert(held).on_conflict_do_nothing(), [self._row(h, now) for h in new])
+                conn.execute(insert_for(conn, held).on_conflict_do_nothing(), [self._row(h, now) for h in new])
             if changed:
                 conn.execute(
                     update(held)
@@ -84,8 +86,8 @@ class HeldEvents:
             if released:
                 conn.execute(delete(held).where(self._mine(), held.c.event_id.in_(list(released))))
 
-    def _row(self, hold: Hold, now: datetime) -> dict[str, Any]:
-        e = hold.envelope
+    def _row(self, event: HeldEvent, now: datetime) -> dict[str, Any]:
+        e = event.envelope
         return {
             "consumer": self.consumer,
             "event_id": e.event_id,
@@ -96,10 +98,10 @@ class HeldEvents:
             "payload": e.payload,
             "trace_headers": dict(e.trace_headers),
             "occurred_at": e.occurred_at,
-            "state": hold.state,
+            "state": event.state,
             "attempt": e.attempt,
-            "due_at": hold.due_at,
-            "reason": hold.reason,
+            "due_at": event.due_at,
+            "reason": event.reason,
             "held_at": now,
         }
 
@@ -108,7 +110,7 @@ class HeldEvents:
 
     def due(self, limit: int) -> tuple[list[Envelope], datetime | None]:
         """Up to `limit` waiting events that are due, the earliest first, and when the next of the others is due."""
-        now = datetime.now(UTC)
+        now = utcnow()
         with self.database.read_engine.connect() as conn:
             rows = conn.execute(
                 select(held)
@@ -116,8 +118,8 @@ class HeldEvents:
                 .order_by(held.c.due_at, held.c.event_id)
                 .limit(limit + 1)
             ).all()
-        due = [r for r in rows if _utc(r.due_at) <= now][:limit]
-        later = [_utc(r.due_at) for r in rows[len(due) :]]
+        due = [r for r in rows if as_utc(r.due_at) <= now][:limit]
+        later = [as_utc(r.due_at) for r in rows[len(due) :]]
         return [_envelope(r) for r in due], (now if len(due) == limit else min(later, default=None))
 
     def held_ids(self) -> set[str]:
@@ -141,12 +143,12 @@ class HeldEvents:
                 .order_by(held.c.held_at, held.c.event_id)
                 .limit(limit)
             ).all()
-        return [ParkedEvent(_envelope(r), r.reason, _utc(r.held_at)) for r in rows]
+        return [ParkedEvent(_envelope(r), r.reason, as_utc(r.held_at)) for r in rows]
 
     def replay(self, event_ids: Collection[str] = ()) -> int:
         """Make parked events (all, or those with the given ids) wait for a first attempt, due now; the consumer
         takes them up within a second, or when it next starts. Returns how many."""
-        now = datetime.now(UTC)
+        now = utcnow()
         statement = update(held).where(self._mine(), held.c.state == PARKED)
         if event_ids:
             statement = statement.where(held.c.event_id.in_(list(event_ids)))
@@ -160,18 +162,13 @@ class HeldEvents:
             return int(conn.execute(delete(held).where(self._mine(), held.c.state == state)).rowcount)
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite gives back naive datetimes; every one written here was UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _envelope(row: Any) -> Envelope:
     return Envelope(
         event_id=row.event_id,
         event_type=row.event_type,
         source=row.source,
         payload=bytes(row.payload),
-        occurred_at=_utc(row.occurred_at),
+        occurred_at=as_utc(row.occurred_at),
         subject=row.subject,
         store_id=row.store_id,
         trace_headers=dict(row.trace_headers or {}),

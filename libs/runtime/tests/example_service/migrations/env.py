@@ -1,0 +1,3 @@
+from storeplane_runtime.migrations import run_env
+
+run_env()
