@@ -1,6 +1,7 @@
-"""Fixtures every test directory shares: real PostgreSQL databases, free ports, the CI rule for servers.
+"""Fixtures every test directory shares: real PostgreSQL databases and free ports.
 
-In CI (CI=true) a test that needs PostgreSQL or RabbitMQ fails when the server is missing; elsewhere it skips.
+In CI (CI=true) a test that needs PostgreSQL, RabbitMQ or Redis fails when the server is missing; elsewhere it skips
+(`storeplane_runtime.testing.need`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from storeplane_runtime.testing import free_port
+from storeplane_runtime.testing import free_port, need
 
 POSTGRES_ADMIN_URL = os.environ.get("STOREPLANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def need(server: str, reason: str) -> None:
-    """Fail in CI, skip elsewhere."""
-    message = f"{server} is not reachable: {reason}"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture

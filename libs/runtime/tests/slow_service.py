@@ -26,7 +26,8 @@ def main() -> None:
         service_name="slow", grpc_host="127.0.0.1", grpc_port=int(sys.argv[1]), shutdown_grace_seconds=10
     )
     handler = grpc.method_handlers_generic_handler(SERVICE, {"Sleep": grpc.unary_unary_rpc_method_handler(sleep)})
-    host = ServiceHost(settings, generic_handlers=[handler], extra_service_names=[SERVICE])
+    # A bootstrap test of its own (not a pos service, no declared scopes): nothing to authorise.
+    host = ServiceHost(settings, generic_handlers=[handler], extra_service_names=[SERVICE], authorise=False)
     host.start()
     print("ready", flush=True)
     run_until_signal([host])

@@ -45,8 +45,10 @@ def peer() -> Iterator[tuple[Peer, str]]:
     handler = grpc.method_handlers_generic_handler(
         SERVICE, {"Read": backend.handler("Read"), "Write": backend.handler("Write")}
     )
-    host = ServiceHost(
-        ServiceSettings(service_name="peer", grpc_host="127.0.0.1", grpc_port=0), generic_handlers=[handler]
+    host = ServiceHost(  # a test peer that declares no scopes: nothing to authorise
+        ServiceSettings(service_name="peer", grpc_host="127.0.0.1", grpc_port=0),
+        generic_handlers=[handler],
+        authorise=False,
     )
     port = host.start()
     yield backend, f"127.0.0.1:{port}"

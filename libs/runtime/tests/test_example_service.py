@@ -21,6 +21,7 @@ from storeplane_runtime.testing import (
     published,
     service_settings,
     start_service,
+    test_authority,
     wait_until,
 )
 
@@ -64,7 +65,8 @@ def notes_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def notes(notes_module: object, database_url: str) -> Iterator[RunningService]:
     service = notes_module
     settings = service_settings(ServiceSettings, "notes", database_url, grpc_workers=8)
-    running = start_service(service.create_app, settings)  # type: ignore[attr-defined]
+    token = test_authority().token(subject="till-1", scopes=["notes.write"], stores=["berlin-mitte"])
+    running = start_service(service.create_app, settings, token=token)  # type: ignore[attr-defined]
     yield running
     running.stop()
 
@@ -100,11 +102,23 @@ def test_bad_input_names_every_field_and_writes_nothing(notes: RunningService) -
     from storeplane.example.v1 import notes_pb2
 
     with pytest.raises(grpc.RpcError) as raised:
-        _add(notes, "", "r-2", store_id="atlantis")
+        _add(notes, "", "r-2", store_id="")
     details = details_of(raised.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {v.field for v in details.violations} == {"store_id", "text"}
     assert published(notes.database, notes_pb2.NoteAdded) == []
+
+
+def test_its_declared_scope_and_store_are_enforced(notes: RunningService) -> None:
+    from storeplane.example.v1 import notes_pb2, notes_pb2_grpc
+
+    request = notes_pb2.AddNoteRequest(request_id="r-9", store_id="zurich-bahnhofstrasse", text="hello")
+    with pytest.raises(grpc.RpcError) as raised:
+        notes.stub_of(notes_pb2_grpc.NotesServiceStub).AddNote(request)
+    assert details_of(raised.value).reason == "STORE_NOT_ALLOWED"
+    with grpc.insecure_channel(f"127.0.0.1:{notes.port}") as anonymous, pytest.raises(grpc.RpcError) as raised:
+        notes_pb2_grpc.NotesServiceStub(anonymous).AddNote(request)
+    assert details_of(raised.value).code == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_deliver_hands_an_event_to_the_consumers_once(notes: RunningService) -> None:

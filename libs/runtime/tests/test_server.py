@@ -11,10 +11,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from opentelemetry import trace
 
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from storeplane_runtime.auth.client import with_bearer
 from storeplane_runtime.errors import FieldViolation, InvalidInput, NotFound, PreconditionFailed
 from storeplane_runtime.server import ServiceHost, ServiceRegistration
 from storeplane_runtime.settings import ServiceSettings
 from storeplane_runtime.status import details_of
+from storeplane_runtime.testing import test_authority
 
 STOCK = "pos.stock.v1.StockService"
 
@@ -52,13 +54,16 @@ class FaultyStock(stock_pb2_grpc.StockServiceServicer):
 
 @pytest.fixture
 def stock_channel() -> Iterator[grpc.Channel]:
-    settings = ServiceSettings(service_name="stock", grpc_host="127.0.0.1", grpc_port=0)
+    authority = test_authority()
+    settings = ServiceSettings(
+        service_name="stock", grpc_host="127.0.0.1", grpc_port=0, auth_jwks_file=authority.jwks_file
+    )
     host = ServiceHost(
         settings,
         registrations=[ServiceRegistration(STOCK, stock_pb2_grpc.add_StockServiceServicer_to_server, FaultyStock())],
     )
     port = host.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with with_bearer(grpc.insecure_channel(f"127.0.0.1:{port}"), authority.token()) as channel:
         yield channel
     host.stop(0)
 

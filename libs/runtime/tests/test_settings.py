@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
+from storeplane_runtime.testing import test_authority
 
 
 def test_per_service_defaults_apply_when_the_environment_is_silent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,6 +77,7 @@ def test_process_whose_port_is_taken_stops_with_a_clear_message_not_a_traceback(
             "GRPC_HOST": "127.0.0.1",
             "METRICS_PORT": "0",
             "DATABASE_URL": f"sqlite:///{tmp_path}/c.db",
+            "AUTH_JWKS_FILE": test_authority().jwks_file,
         }
         result = subprocess.run(
             [sys.executable, "-m", "customer"], env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
@@ -83,3 +85,15 @@ def test_process_whose_port_is_taken_stops_with_a_clear_message_not_a_traceback(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"customer: cannot listen on 127.0.0.1:{port}" in result.stderr.strip().splitlines()[-1]
+
+
+def test_process_without_its_signing_keys_stops_with_one_line(tmp_path: object) -> None:
+    env = {**os.environ, "GRPC_PORT": "0", "METRICS_PORT": "0", "DATABASE_URL": f"sqlite:///{tmp_path}/c.db"}
+    env.pop("AUTH_JWKS_FILE", None)
+    env.pop("AUTH_JWKS_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "customer"], env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path)
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("customer: cannot read AUTH_JWKS_FILE var/auth/jwks.json")

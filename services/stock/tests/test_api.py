@@ -6,8 +6,9 @@ import grpc
 import pytest
 from stock_kit import BERLIN, TOKYO, ZURICH, RunningStock, item, level, load, reserve_request
 
-from pos.stock.v1 import stock_pb2
+from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from storeplane_runtime.status import details_of
+from storeplane_runtime.testing import test_authority
 
 
 def _error(call, request) -> grpc.RpcError:  # type: ignore[no-untyped-def]
@@ -80,14 +81,16 @@ def test_without_all_or_nothing_reserve_holds_what_is_there(shop: RunningStock) 
     assert held == {"SHOE": (9, 5), "SOCK": (1, 1)}
 
 
-def test_release_gives_units_back_and_twice_or_unknown_is_fine(shop: RunningStock) -> None:
+def test_release_gives_units_back_twice_is_fine_and_unknown_is_not_found(shop: RunningStock) -> None:
     shop.stub.Reserve(reserve_request("basket-4", {"SHOE": 3}))
     once = shop.stub.Release(stock_pb2.ReleaseRequest(reservation_id="basket-4", request_id="r1"))
     twice = shop.stub.Release(stock_pb2.ReleaseRequest(reservation_id="basket-4", request_id="r2"))
     assert once.reservation.state == twice.reservation.state == stock_pb2.RESERVATION_STATE_RELEASED
     assert level(shop.stub, "SHOE").available == 5
-    ghost = shop.stub.Release(stock_pb2.ReleaseRequest(reservation_id="never-made", request_id="r3"))
-    assert ghost.reservation.state == stock_pb2.RESERVATION_STATE_RELEASED and not ghost.reservation.lines
+    ghost = details_of(
+        _error(shop.stub.Release, stock_pb2.ReleaseRequest(reservation_id="never-made", request_id="r3"))
+    )
+    assert (ghost.code, ghost.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
 
 
 def test_reservation_keeps_its_store(shop: RunningStock) -> None:
@@ -113,11 +116,16 @@ def test_adjust_stock_by_delta_or_count_once_per_request_id(shop: RunningStock) 
 
 
 def test_request_ids_are_scoped_to_the_caller(shop: RunningStock) -> None:
+    """The same key from two token subjects is two keys; from one subject, one (x-caller metadata is no identity)."""
     request = stock_pb2.AdjustStockRequest(
         store_id=BERLIN, sku="CAP", delta=1, reason=stock_pb2.ADJUSTMENT_REASON_RECEIPT, request_id="shared"
     )
-    shop.stub.AdjustStock(request, metadata=[("x-caller", "till-1")])
-    shop.stub.AdjustStock(request, metadata=[("x-caller", "till-2")])
+    authority = test_authority()
+    for subject in ("till-1", "till-2"):
+        with shop.channel_as(authority.token(subject=subject)) as channel:
+            stub = stock_pb2_grpc.StockServiceStub(channel)
+            stub.AdjustStock(request, metadata=[("x-caller", "spoofed")])
+            stub.AdjustStock(request, metadata=[("x-caller", "spoofed-again")])
     assert level(shop.stub, "CAP").on_hand == 2
 
 

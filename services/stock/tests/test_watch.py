@@ -13,6 +13,7 @@ from sqlalchemy import text
 from stock_kit import BERLIN, ZURICH, RunningStock, item, load, reserve_request
 
 from pos.stock.v1 import stock_pb2
+from storeplane_runtime.testing import test_authority
 
 
 def _reader(call) -> queue.Queue:  # type: ignore[no-untyped-def]
@@ -35,7 +36,7 @@ def test_watch_sees_a_change_made_by_another_client(stock: RunningStock) -> None
     call = stock.stub.WatchStock(stock_pb2.WatchStockRequest(store_id=BERLIN, skus=["SHOE"]))
     call.initial_metadata()  # the subscription is live once headers arrive
     got = _reader(call)
-    with grpc.insecure_channel(stock.channel._channel.target().decode()) as other:  # type: ignore[attr-defined]
+    with stock.channel_as(test_authority().token(subject="another-till")) as other:
         from pos.stock.v1 import stock_pb2_grpc
 
         other_stub = stock_pb2_grpc.StockServiceStub(other)

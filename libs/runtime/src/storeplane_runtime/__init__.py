@@ -6,7 +6,9 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
 
 - Writing the rules: `errors` (domain errors, `Violations`), `clock` (`utcnow`, `as_utc`).
 - Serving: `app` (`ServiceApp`, `command_line`), `settings`, `server` (`ServiceRegistration`), `status` (domain
-  errors to gRPC codes), `identity` (who calls), `idempotency` (`IdempotentCalls`: a mutating RPC in one line),
+  errors to gRPC codes), `auth` (bearer tokens, the declared scopes and stores enforced; `auth.client` for callers),
+  `identity` (who calls: `current_identity`, `check_owner` for resources named by id), `idempotency`
+  (`IdempotentCalls`: a mutating RPC in one line),
   `batching` (group commit of a hot call), `imports` (client-streamed batch imports), `clients` (peer channels).
 - Storing: `db` (`Database`, `UnitOfWork`: state and outbox in one transaction), `tables` (the kit's tables),
   `sql` (dialect helpers), `migrations` (Alembic env and the kit's tables), `stores` (store configuration).
@@ -20,6 +22,7 @@ Other modules (`driver`, `deadlines`, `interceptors`, `logs`) are the kit's own 
 
 __all__ = [
     "app",
+    "auth",
     "batching",
     "broadcast",
     "clients",

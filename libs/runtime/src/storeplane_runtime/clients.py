@@ -14,7 +14,7 @@ from opentelemetry.instrumentation.grpc import grpcext
 
 from storeplane_runtime.deadlines import remaining
 
-__all__ = ["PeerChannels", "service_config"]
+__all__ = ["DetailsInterceptor", "PeerChannels", "replaced", "service_config"]
 
 
 def service_config(service: str, idempotent_methods: Iterable[str], *, max_attempts: int = 4) -> str:
@@ -37,33 +37,42 @@ def service_config(service: str, idempotent_methods: Iterable[str], *, max_attem
     return json.dumps(config)
 
 
-class _DeadlineInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Every outgoing call gets a deadline: what is left of the call being served, or the default."""
+class DetailsInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """A client interceptor that changes only the details of each call (deadline, metadata): subclasses say how."""
 
-    def __init__(self, default_timeout: float) -> None:
-        self._default = default_timeout
+    def details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        raise NotImplementedError
 
-    def _with_timeout(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        if details.timeout is not None:
-            return details
-        return _CallDetails(
-            method=details.method,
-            timeout=remaining(self._default),
-            metadata=details.metadata,
-            credentials=details.credentials,
-            wait_for_ready=details.wait_for_ready,
-            compression=details.compression,
-        )
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self.details(details), request)
 
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._with_timeout(details), request)
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self.details(details), request)
 
-    def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._with_timeout(details), request)
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self.details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: Any, requests: Any) -> Any:
+        return continuation(self.details(details), requests)
+
+
+def replaced(details: grpc.ClientCallDetails, **changes: Any) -> grpc.ClientCallDetails:
+    """`details` with some fields changed (grpc's ClientCallDetails is read-only)."""
+    fields = {
+        "method": details.method,
+        "timeout": details.timeout,
+        "metadata": details.metadata,
+        "credentials": details.credentials,
+        "wait_for_ready": details.wait_for_ready,
+        "compression": details.compression,
+        **changes,
+    }
+    return _CallDetails(**fields)
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -72,11 +81,31 @@ class _CallDetails(grpc.ClientCallDetails):
             setattr(self, key, value)
 
 
+class _DeadlineInterceptor(DetailsInterceptor):
+    """Every outgoing call gets a deadline: what is left of the call being served, or the default."""
+
+    def __init__(self, default_timeout: float) -> None:
+        self._default = default_timeout
+
+    def details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return replaced(details, timeout=remaining(self._default))
+
+
 class PeerChannels:
     """Holds one channel per peer address; close() them all on shutdown."""
 
-    def __init__(self, *, default_timeout: float = 5.0, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        default_timeout: float = 5.0,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        credentials: DetailsInterceptor | None = None,
+    ) -> None:
         self._default_timeout = default_timeout
+        # This service's own bearer token on every call to a peer (storeplane_runtime.auth.client.BearerToken).
+        self._credentials = credentials
         self._max_message_bytes = max_message_bytes
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
@@ -102,7 +131,10 @@ class PeerChannels:
                 raw = grpc.insecure_channel(address, options=self._options(service_config(service, idempotent_methods)))
                 # OpenTelemetry's client interceptor is not a grpc.*ClientInterceptor: it needs its own wrapper.
                 traced = grpcext.intercept_channel(raw, otel_client_interceptor())
-                self._channels[key] = grpc.intercept_channel(traced, _DeadlineInterceptor(self._default_timeout))
+                interceptors: list[Any] = [_DeadlineInterceptor(self._default_timeout)]
+                if self._credentials is not None:
+                    interceptors.append(self._credentials)
+                self._channels[key] = grpc.intercept_channel(traced, *interceptors)
             return self._channels[key]
 
     def raw_channel(self, address: str) -> grpc.Channel:

@@ -19,6 +19,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PreconditionFailed",
+    "StoreNotAllowed",
     "Unavailable",
     "Violations",
     "identifier_problem",
@@ -90,6 +91,13 @@ class PermissionDenied(DomainError):
     """The caller may not act on this (another store's data, a missing scope)."""
 
     reason = "PERMISSION_DENIED"
+
+
+class StoreNotAllowed(PermissionDenied):
+    """The caller's token does not allow the store a call concerns (or it names a resource of no store the caller may
+    see: another store's and one that does not exist get the same answer, so ids cannot be probed)."""
+
+    reason = "STORE_NOT_ALLOWED"
 
 
 class Unavailable(DomainError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from storeplane_runtime.errors import NotFound, PermissionDenied
+from storeplane_runtime.errors import NotFound, StoreNotAllowed
 
 __all__ = [
     "ALL_STORES",
@@ -18,6 +18,7 @@ __all__ = [
     "Identity",
     "StoreNotAllowed",
     "acting_as",
+    "allowed_stores",
     "caller_of",
     "check_owner",
     "check_store",
@@ -48,12 +49,6 @@ class Identity:
         return [scope for scope in required if scope not in self.scopes]
 
 
-class StoreNotAllowed(PermissionDenied):
-    """The caller's token does not allow the store the call concerns (or names a resource of no store it may see)."""
-
-    reason = "STORE_NOT_ALLOWED"
-
-
 _current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("storeplane_identity", default=None)
 
 
@@ -75,12 +70,13 @@ def acting_as(identity: Identity | None) -> Iterator[None]:
 def caller_of(context: grpc.ServicerContext) -> str:
     """The caller a request id is scoped to: the verified token's subject (two callers' keys never collide)."""
     identity = _current.get()
-    if identity is not None:
-        return identity.subject
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-caller" and isinstance(value, str) and value:
-            return value[:200]
-    return ANONYMOUS
+    return identity.subject if identity is not None else ANONYMOUS
+
+
+def allowed_stores() -> frozenset[str] | None:
+    """The stores the current caller may act for; None: all of them (or no verified caller)."""
+    identity = _current.get()
+    return None if identity is None or identity.all_stores else identity.stores
 
 
 def check_store(store_id: str) -> None:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import server_interceptor as otel_server_interceptor
 
+from storeplane_runtime.auth import auth_interceptor
 from storeplane_runtime.interceptors import ServiceInterceptor
 from storeplane_runtime.settings import ServiceSettings
 from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
@@ -50,6 +51,9 @@ class ServiceHost:
     # interceptor (it keeps its own metrics), and a tracing interceptor only when spans are exported. Each
     # interceptor wraps every call in Python: on a forwarding hop they cost as much as the hop itself.
     standard_interceptors: bool = True
+    # Services check every call's token, scopes and stores (storeplane_runtime.auth); the gateway passes its own
+    # token-and-scopes interceptor in `interceptors`.
+    authorise: bool = True
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Run when stopping begins, before the grace period: lets long-lived streams end cleanly instead of being cut.
     on_stopping: list[Callable[[], None]] = field(default_factory=list)
@@ -83,6 +87,8 @@ class ServiceHost:
                     trace_context=not exported,  # trace ids for logs and events, without spans
                 )
             )
+        if self.standard_interceptors and self.authorise:
+            chain.append(auth_interceptor(s, [r.name for r in self.registrations]))
         chain.extend(self.interceptors)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.grpc_workers, thread_name_prefix=f"{s.service_name}-rpc"),
@@ -100,10 +106,15 @@ class ServiceHost:
         if self.generic_handlers:
             server.add_generic_rpc_handlers(tuple(self.generic_handlers))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
+        if s.reflection != "off":
+            reflection.enable_server_reflection(
+                (
+                    *self.service_names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
         credentials = self.server_credentials() if self.server_credentials is not None else None
         try:
             if credentials is None:

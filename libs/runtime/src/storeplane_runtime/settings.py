@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,19 @@ class ServiceSettings(BaseSettings):
     stock_addr: str = "127.0.0.1:50052"
     customer_addr: str = "127.0.0.1:50053"
     loyalty_addr: str = "127.0.0.1:50054"
+    # Bearer tokens (storeplane_runtime.auth): who issues them, for which audience, where the public keys are (a JWKS
+    # file, re-read when it changes, or URL; no file named: `<DATA_DIR>/auth/jwks.json`, which `make run` / `make up`
+    # create with the development issuer), how much clock skew is forgiven.
+    auth_issuer: str = "storeplane-dev"
+    auth_audience: str = "storeplane"
+    auth_jwks_file: str = ""
+    auth_jwks_url: str = ""
+    auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    auth_jwks_refresh_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # This process's own token for its calls to peers (re-read when the file changes); empty: none.
+    auth_token_file: str = ""
+    # Server reflection: open to anyone (dev), for any valid token, or not served (prod).
+    reflection: Literal["open", "token", "off"] = "open"
 
     @field_validator("log_level")
     @classmethod
@@ -66,6 +79,12 @@ class ServiceSettings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be host:port, got {value!r}")
         return value
+
+    def resolved_jwks_file(self) -> str:
+        """The JWKS file to read, unless keys come from AUTH_JWKS_URL."""
+        if self.auth_jwks_url:
+            return ""
+        return self.auth_jwks_file or str(self.data_dir / "auth" / "jwks.json")
 
     def resolved_pool_size(self) -> int:
         return self.database_pool_size or self.grpc_workers + BACKGROUND_CONNECTIONS

@@ -4,11 +4,16 @@ on a free port against SQLite or PostgreSQL, events delivered to its consumers, 
 
 from __future__ import annotations
 
+import atexit
+import os
 import random
+import shutil
 import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import func, select
 
 from storeplane_runtime.app import ServiceApp
+from storeplane_runtime.auth.client import with_bearer
+from storeplane_runtime.auth.issuer import DevIssuer
 from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import Database
 from storeplane_runtime.event_ids import new_event_id
@@ -27,12 +34,15 @@ from storeplane_runtime.tables import outbox_table
 
 __all__ = [
     "RunningService",
+    "TestAuthority",
     "deliver",
     "free_port",
     "free_port_block",
+    "need",
     "published",
     "service_settings",
     "start_service",
+    "test_authority",
     "unsent_events",
     "wait_serving",
     "wait_until",
@@ -41,6 +51,20 @@ __all__ = [
 S = TypeVar("S", bound=ServiceSettings)
 E = TypeVar("E", bound=Message)
 T = TypeVar("T")
+
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def need(server: str, reason: str) -> None:
+    """A test needs `server` (PostgreSQL, RabbitMQ, Redis) and it does not answer: fail in CI (CI=true), skip
+    elsewhere."""
+    import pytest  # only tests call this; the kit itself does not depend on pytest
+
+    message = f"{server} is not reachable: {reason}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def free_port() -> int:
@@ -103,8 +127,49 @@ def wait_serving(address: str, service: str = "", timeout: float = 120.0) -> Non
     raise AssertionError(f"{address} ({service or 'server'}) not SERVING after {timeout}s (last: {last})")
 
 
+class TestAuthority:
+    """The issuer of the tokens tests call with: a development key pair in a directory of the test run's own."""
+
+    __test__ = False  # a helper, not a test class
+
+    def __init__(self, directory: str | Path) -> None:
+        self.issuer = DevIssuer(directory).ensure()
+
+    @property
+    def jwks_file(self) -> str:
+        return str(self.issuer.jwks_file)
+
+    def token(
+        self,
+        *,
+        subject: str = "test-admin",
+        scopes: Iterable[str] | None = None,
+        stores: Iterable[str] = ("*",),
+        ttl_seconds: float = 3600,
+    ) -> str:
+        """A token (default: every scope any RPC declares, all stores)."""
+        return self.issuer.mint(subject=subject, scopes=scopes, stores=stores, ttl_seconds=ttl_seconds)
+
+
+_authority: TestAuthority | None = None
+
+
+def test_authority() -> TestAuthority:
+    """The authority of this test process (made once, in a temporary directory removed at exit)."""
+    global _authority
+    if _authority is None:
+        directory = tempfile.mkdtemp(prefix="storeplane-auth-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        _authority = TestAuthority(directory)
+    return _authority
+
+
+test_authority.__test__ = False  # type: ignore[attr-defined]
+
+
 def service_settings(settings_cls: type[S], name: str, database_url: str, **overrides: Any) -> S:
-    """Settings of a service under test: loopback, any free gRPC port, no metrics port, the given database."""
+    """Settings of a service under test: loopback, any free gRPC port, no metrics port, the given database, tokens
+    of `test_authority()`."""
     values: dict[str, Any] = {
         "service_name": name,
         "grpc_host": "127.0.0.1",
@@ -112,6 +177,7 @@ def service_settings(settings_cls: type[S], name: str, database_url: str, **over
         "metrics_port": 0,
         "database_url": database_url,
         "shutdown_grace_seconds": 2,
+        "auth_jwks_file": test_authority().jwks_file,
     }
     values.update(overrides)
     return settings_cls(**values)
@@ -138,16 +204,22 @@ class RunningService:
         stub: T = self._stubs[stub_class]
         return stub
 
+    def channel_as(self, token: str) -> grpc.Channel:
+        """Another channel to this service whose calls carry `token` (close it when done)."""
+        return with_bearer(grpc.insecure_channel(f"127.0.0.1:{self.port}"), token)
+
     def stop(self) -> None:
         self.channel.close()
         self.app.stop(0)
 
 
-def start_service(create_app: Callable[[S], ServiceApp], settings: S) -> RunningService:
-    """Build the app (schema migrated as `settings` says), start it and connect: gRPC over a real socket."""
+def start_service(create_app: Callable[[S], ServiceApp], settings: S, *, token: str | None = None) -> RunningService:
+    """Build the app (schema migrated as `settings` says), start it and connect: gRPC over a real socket, every call
+    with `token` (default: `test_authority()`'s token for every scope and store)."""
     app = create_app(settings)
     port = app.start()
-    return RunningService(app, port, grpc.insecure_channel(f"127.0.0.1:{port}"))
+    channel = with_bearer(grpc.insecure_channel(f"127.0.0.1:{port}"), token or test_authority().token())
+    return RunningService(app, port, channel)
 
 
 def deliver(app: ServiceApp, event: Message, *, event_id: str = "", source: str = "test") -> str:

@@ -20,11 +20,7 @@ from messaging_kit import Broker, Pipeline, ServiceDb, effects_metadata, rabbitm
 from storeplane_runtime.db import Database  # noqa: E402
 from storeplane_runtime.messaging import MessagingSettings  # noqa: E402
 from storeplane_runtime.tables import messaging_metadata  # noqa: E402
-
-
-def need(server: str, reason: str) -> None:
-    # The CI rule lives in the root conftest: fail in CI, skip elsewhere.
-    sys.modules["conftest"].need(server, reason)
+from storeplane_runtime.testing import need  # noqa: E402
 
 
 @pytest.fixture(scope="session")

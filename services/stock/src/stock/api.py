@@ -35,7 +35,7 @@ from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.errors import DomainError, InvalidInput, Violations
 from storeplane_runtime.idempotency import Call, IdempotentCalls
-from storeplane_runtime.identity import caller_of
+from storeplane_runtime.identity import allowed_stores, caller_of, check_owner
 from storeplane_runtime.status import BASE_ERROR_TABLE
 from storeplane_runtime.stores import Store
 
@@ -142,8 +142,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             v.extend(exc.violations)
             desired = {}
         v.raise_if_any()
+        # Batched calls run on another caller's thread: the caller's stores travel with the command.
         command = ReserveCommand(
-            request.reservation_id, request.store_id, desired, ttl, all_or_nothing=request.all_or_nothing
+            request.reservation_id,
+            request.store_id,
+            desired,
+            ttl,
+            all_or_nothing=request.all_or_nothing,
+            allowed_stores=allowed_stores(),
         )
         return self._reserves.call(
             caller=caller_of(context),
@@ -172,6 +178,8 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         v = Violations()
         v.text("reservation_id", request.reservation_id, MAX_RESERVATION_ID_LENGTH)
         v.raise_if_any()
+        owner = self.queries.reservation_store(request.reservation_id)
+        check_owner(owner, kind="reservation", resource_id=request.reservation_id)
 
         def work(uow: UnitOfWork) -> stock_pb2.ReleaseResponse:
             reservation = use_cases.end_reservation(

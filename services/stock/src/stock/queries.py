@@ -1,5 +1,5 @@
-"""Stock's reads, GetItem and GetAvailability, on the read engine; GetItem's answers and items are kept in memory
-(`answers`, `item_cache`) as the built responses, so a till's scan that hits them builds nothing."""
+"""Stock's reads (GetItem, GetAvailability, a reservation's owner) on the read engine; GetItem's answers and items
+are kept in memory (`answers`, `item_cache`) as the built responses, so a till's scan that hits them builds nothing."""
 
 from __future__ import annotations
 
@@ -73,3 +73,10 @@ class StockQueries:
             (levels.get(sku) or Level(store_id, sku) for sku in skus if sku in known),
             [sku for sku in skus if sku not in known],
         )
+
+    def reservation_store(self, reservation_id: str) -> str | None:
+        """The store a reservation belongs to (None: no such reservation), for the ownership check of a call that
+        names it by id."""
+        with self.database.read_engine.connect() as conn:
+            found = storage.find_reservation(conn, reservation_id)
+        return found.store_id if found is not None else None

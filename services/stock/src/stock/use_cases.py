@@ -51,6 +51,7 @@ class ReserveCommand:
     desired: Mapping[str, int]
     ttl: timedelta | None = None
     all_or_nothing: bool = True
+    allowed_stores: frozenset[str] | None = None  # the caller's stores (None: all); checked against an existing one
 
 
 def reserve_many(
@@ -95,6 +96,7 @@ def reserve_many(
                 levels=own,
                 all_or_nothing=command.all_or_nothing,
                 expires_at=now + (command.ttl or policy.default_ttl),
+                allowed_stores=command.allowed_stores,
             )
         except DomainError as error:
             outcomes.append(error)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from stock.domain.levels import ChangeReason, Level, LevelChange
 from stock.domain.policy import MAX_LINE_QUANTITY, check_sku
-from storeplane_runtime.errors import PreconditionFailed, Violations
+from storeplane_runtime.errors import PreconditionFailed, StoreNotAllowed, Violations
 
 
 class InsufficientStock(PreconditionFailed):
@@ -130,13 +130,20 @@ def plan_reserve(
     levels: Mapping[str, Level],
     all_or_nothing: bool,
     expires_at: datetime,
+    allowed_stores: Collection[str] | None = None,
 ) -> ReservePlan:
     """Set the reservation to exactly `desired`, holding what is available (all or nothing if asked).
 
     `levels` are the current levels (locked by the caller) of every SKU in `desired` and in the reservation;
     a SKU missing from it has nothing on hand. Units the reservation already holds count as its own.
+    `allowed_stores`: the stores the caller may act for (None: all); another store's reservation is then not theirs
+    to see, let alone change.
     """
     if existing is not None:
+        if allowed_stores is not None and existing.store_id not in allowed_stores:
+            raise StoreNotAllowed(
+                f"not allowed for reservation {reservation_id!r}", metadata={"reservation_id": reservation_id}
+            )
         if existing.store_id != store_id:
             raise ReservationStoreMismatch(
                 f"reservation {reservation_id} is for store {existing.store_id}",
