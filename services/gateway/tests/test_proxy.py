@@ -5,25 +5,20 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from gateway_kit import SERVICE, WAIT, Backend, rich_status, serve
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from gateway.proxy import MethodKind, Router, backend_channel, descriptor_method_kind
 
-SERVICE = "test.v1.EchoService"
 DEFAULT_TIMEOUT = 7.0
-WAIT = 5.0  # bound on every wait for something to happen on the other side
 # gRPC rounds a deadline up when it puts it on the wire: even a direct call can see ~10 ms more than it set.
 WIRE_SLACK = 0.05
 
@@ -47,120 +42,6 @@ KINDS = {
 def method_kind(method: str) -> MethodKind | None:
     service, _, name = method.lstrip("/").partition("/")
     return KINDS.get(name) if service == SERVICE else None
-
-
-def rich_status() -> status_pb2.Status:
-    info = error_details_pb2.ErrorInfo(reason="OUT_OF_STOCK", domain="stock.storeplane", metadata={"sku": "A-1"})
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    return status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message="sku A-1 is out of stock", details=[detail])
-
-
-@dataclass
-class Backend:
-    """Raw-bytes test backend of all four kinds, recording what it saw."""
-
-    metadata: dict[str, Any] = field(default_factory=dict)
-    time_remaining: float | None = None
-    started: threading.Event = field(default_factory=threading.Event)
-    terminated: threading.Event = field(default_factory=threading.Event)
-    saw_inactive: threading.Event = field(default_factory=threading.Event)
-    gate: threading.Event = field(default_factory=threading.Event)
-
-    def _record(self, context: grpc.ServicerContext) -> None:
-        self.metadata = dict(context.invocation_metadata())
-        self.time_remaining = context.time_remaining()
-
-    def echo(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self._record(context)
-        context.send_initial_metadata((("x-backend-initial", "hello"),))
-        context.set_trailing_metadata((("x-backend-trailing", "bye"), ("x-blob-bin", b"\x00\xff")))
-        return b"echo:" + request
-
-    def fail(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        status = rpc_status.to_status(rich_status())
-        context.set_trailing_metadata((*status.trailing_metadata, ("x-extra", "kept")))
-        context.abort(status.code, status.details)
-
-    def fail_unavailable(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        context.abort(grpc.StatusCode.UNAVAILABLE, "stock database is down")
-
-    def hang(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        context.add_callback(self.terminated.set)
-        self.started.set()
-        while context.is_active() and not self.terminated.wait(0.01):
-            pass
-        if not context.is_active():
-            self.saw_inactive.set()
-        return b""
-
-    def split(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        self._record(context)
-        context.send_initial_metadata((("x-backend-initial", "stream"),))
-        context.set_trailing_metadata((("x-backend-trailing", "stream-done"),))
-        yield from (bytes([b]) for b in request)
-
-    def gated(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        context.add_callback(self.terminated.set)
-        yield b"first"
-        self.started.set()
-        if not self.gate.wait(WAIT * 3):  # longer than any test waits: only cancellation ends it early
-            return
-        yield b"second"
-
-    def stream_then_fail(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        yield b"partial"
-        context.abort_with_status(rpc_status.to_status(rich_status()))
-
-    def join(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        self._record(context)
-        return b"|".join(requests)
-
-    def chat(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        self._record(context)
-        context.add_callback(self.terminated.set)
-        for request in requests:
-            yield b"re:" + request
-
-    def headers_first(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        context.send_initial_metadata((("x-backend-initial", "ready"),))
-        for request in requests:
-            yield b"re:" + request
-
-    def answers(self, count: int) -> Any:
-        def handle(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-            yield from [request] * count
-
-        return handle
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        uu, us = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
-        su, ss = grpc.stream_unary_rpc_method_handler, grpc.stream_stream_rpc_method_handler
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Echo": uu(self.echo),
-                "Fail": uu(self.fail),
-                "FailUnavailable": uu(self.fail_unavailable),
-                "Hang": uu(self.hang),
-                "Split": us(self.split),
-                "Gated": us(self.gated),
-                "StreamThenFail": us(self.stream_then_fail),
-                "Join": su(self.join),
-                "Chat": ss(self.chat),
-                "HeadersFirst": ss(self.headers_first),
-                "NoAnswer": us(self.answers(0)),
-                "TwoAnswers": us(self.answers(2)),
-            },
-        )
-
-
-def serve(handler: grpc.GenericRpcHandler) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
 
 
 @pytest.fixture
