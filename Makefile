@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen --all-packages
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
 
-.PHONY: run up test lint proto bench ci seed demo health clean fmt bytecode
+.PHONY: run up test lint proto bench ci seed demo health clean fmt bytecode dev-issuer
 
 run: bytecode  ## the embedded stack: all five processes in one, SQLite, in-process bus
 	$(RUN) storeplane run
@@ -42,6 +42,11 @@ ci: lint test
 
 seed demo health: .venv/.synced libs/contracts/.generated
 	$(RUN) storeplane $@
+
+# The development issuer of the Tilt cluster (the Tiltfile runs this first): its key pair under
+# k8s/overlays/dev/issuer/auth (git-ignored), made once; the dev overlay ships only its public jwks.json.
+dev-issuer: .venv/.synced libs/contracts/.generated  ## keys for `tilt up`; tokens: storeplane token --data-dir k8s/overlays/dev/issuer
+	@$(RUN) storeplane keys --data-dir k8s/overlays/dev/issuer > /dev/null
 
 libs/contracts/.generated: $(PROTOS) scripts/gen_protos.py .venv/.synced
 	$(RUN) python scripts/gen_protos.py

@@ -18,6 +18,8 @@ from benchmarks.floor import ECHO, start_echo_process
 from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from storeplane_runtime.auth.client import with_bearer
+from storeplane_runtime.auth.issuer import DevIssuer
 
 PROCESSES = ("gateway", "checkout", "stock", "customer", "loyalty")
 BASE_PORT = 57050
@@ -113,9 +115,28 @@ def embedded_cold_start(bench: Bench) -> list[Figure]:
     ]
 
 
+def bench_issuer(directory: str | Path) -> DevIssuer:
+    """The development issuer of a scenario's processes (they read its JWKS) and of its clients' tokens."""
+    return DevIssuer(Path(directory) / "auth").ensure()
+
+
+def auth_environment(issuer: DevIssuer) -> dict[str, str]:
+    """What a process started by a scenario needs to check the scenario's tokens."""
+    return {"AUTH_JWKS_FILE": str(issuer.jwks_file)}
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying `token`: given per call, so no client interceptor adds to what is measured."""
+    return (("authorization", f"Bearer {token}"),)
+
+
 def _start_processes(names: tuple[str, ...], data_dir: str, port_base: int) -> dict[str, subprocess.Popen[bytes]]:
-    """Each named process its own child (as in production), SQLite under data_dir, ports from port_base."""
+    """Each named process its own child (as in production), SQLite and the development keys under data_dir, ports
+    from port_base."""
     env = {**os.environ, "DATA_DIR": data_dir, "METRICS_PORT": "0", "GRPC_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
+    env.update(auth_environment(bench_issuer(data_dir)))
+    # The limiter's work is part of the gateway's overhead; its limit must not turn calls away mid-measurement.
+    env.update({"RATE_LIMIT_PER_SECOND": "1000000", "RATE_LIMIT_BURST": "1000000"})
     env.update({f"{n.upper()}_ADDR": f"127.0.0.1:{port_base + i}" for i, n in enumerate(PROCESSES) if n != "gateway"})
     procs = {}
     for name in names:
@@ -138,20 +159,24 @@ def gateway_overhead(bench: Bench) -> list[Figure]:
     with tempfile.TemporaryDirectory() as data_dir:
         procs = _start_processes(("stock", "gateway"), data_dir, port_base)
         echo, echo_port = start_echo_process()
+        token = bench_issuer(data_dir).mint(subject="bench")
         try:
             _wait_serving([direct_address, gateway_address])
-            _import_one_item(direct_address, "SHO-RUN-01-BLA-40")  # so the measured call is a successful one
+            _import_one_item(direct_address, "SHO-RUN-01-BLA-40", token)  # so the measured call is a successful one
             request = stock_pb2.GetItemRequest(sku="SHO-RUN-01-BLA-40", store_id="berlin-mitte").SerializeToString()
+            # The stock calls carry a token (checked by the gateway, then by stock); the floor's echo stays bare.
             targets = {
-                "direct": (direct_address, "/pos.stock.v1.StockService/GetItem"),
-                "gateway": (gateway_address, "/pos.stock.v1.StockService/GetItem"),
-                "echo": (f"127.0.0.1:{echo_port}", ECHO),
+                "direct": (direct_address, "/pos.stock.v1.StockService/GetItem", bearer(token)),
+                "gateway": (gateway_address, "/pos.stock.v1.StockService/GetItem", bearer(token)),
+                "echo": (f"127.0.0.1:{echo_port}", ECHO, ()),
             }
-            channels = [grpc.insecure_channel(address) for address, _ in targets.values()]
+            channels = [grpc.insecure_channel(address) for address, _, _ in targets.values()]
             try:
                 calls = {
-                    label: _tolerant(channel.unary_unary(path, request_serializer=None, response_deserializer=None))
-                    for (label, (_, path)), channel in zip(targets.items(), channels, strict=True)
+                    label: _tolerant(
+                        channel.unary_unary(path, request_serializer=None, response_deserializer=None), metadata
+                    )
+                    for (label, (_, path, metadata)), channel in zip(targets.items(), channels, strict=True)
                 }
                 samples = _interleaved(calls, request, count)
             finally:
@@ -196,8 +221,8 @@ def _interleaved(calls: dict[str, Any], request: bytes, count: int) -> dict[str,
     return samples
 
 
-def _import_one_item(address: str, sku: str) -> None:
-    with grpc.insecure_channel(address) as channel:
+def _import_one_item(address: str, sku: str, token: str) -> None:
+    with with_bearer(grpc.insecure_channel(address), token) as channel:
         item = stock_pb2.Item(
             sku=sku,
             name="Bench shoe",
@@ -209,14 +234,23 @@ def _import_one_item(address: str, sku: str) -> None:
         )
 
 
-def _tolerant(call: grpc.UnaryUnaryMultiCallable) -> grpc.UnaryUnaryMultiCallable:
-    """A call whose NOT_FOUND / UNIMPLEMENTED answers count (they made the full round trip)."""
+def _tolerant(
+    call: grpc.UnaryUnaryMultiCallable, metadata: tuple[tuple[str, str], ...] = ()
+) -> grpc.UnaryUnaryMultiCallable:
+    """A call with `metadata` whose NOT_FOUND / UNIMPLEMENTED answers count (they made the full round trip); a refused
+    token or a rate limit would measure a shortcut, so those fail the scenario."""
 
     def invoke(payload: bytes, timeout: float) -> None:
         try:
-            call(payload, timeout=timeout)
+            call(payload, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
                 raise
 
     return invoke  # type: ignore[return-value]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -21,9 +23,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
-from benchmarks.stack import _rss_mb, _stop, _wait_serving
+from benchmarks.stack import _rss_mb, _stop, _wait_serving, auth_environment, bench_issuer
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from storeplane_runtime.auth.client import with_bearer
 
 PORT = 57150
 ADMIN = os.environ.get("STOREPLANE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -32,7 +35,12 @@ SKUS = 300
 
 
 class _Service:
+    """The stock process on its own PostgreSQL database, trusting keys of its own; `channel` calls with a token."""
+
     def __init__(self, database_url: str, **settings: str) -> None:
+        self.keys = tempfile.mkdtemp(prefix="sp-bench-auth-")
+        issuer = bench_issuer(self.keys)
+        self.token = issuer.mint(subject="bench", ttl_seconds=6 * 3600)
         env = {
             **os.environ,
             "GRPC_PORT": str(PORT),
@@ -42,16 +50,22 @@ class _Service:
             "LOG_LEVEL": "WARNING",
             # More workers than callers only add GIL contention: 8 did more Reserves/s than 32 on a 2-core machine.
             "GRPC_WORKERS": os.environ.get("BENCH_GRPC_WORKERS", "16"),
+            **auth_environment(issuer),
             **settings,
         }
         self.proc = subprocess.Popen([sys.executable, "-m", "stock"], env=env, stdout=subprocess.DEVNULL)
         _wait_serving([f"127.0.0.1:{PORT}"])
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{PORT}")
+        self.channel = self.connect()
         self.stub = stock_pb2_grpc.StockServiceStub(self.channel)
+
+    def connect(self) -> grpc.Channel:
+        """Another channel to the service whose calls carry the token (a separate connection)."""
+        return with_bearer(grpc.insecure_channel(f"127.0.0.1:{PORT}"), self.token)
 
     def close(self) -> None:
         self.channel.close()
         _stop(self.proc)
+        shutil.rmtree(self.keys, ignore_errors=True)
 
 
 def _database() -> tuple[str, str]:
@@ -437,7 +451,7 @@ def stock_watch_delay(bench: Bench) -> list[Figure]:
             done.put(None)
 
         threading.Thread(target=read, daemon=True).start()
-        with grpc.insecure_channel(f"127.0.0.1:{PORT}") as other:
+        with service.connect() as other:
             writer = stock_pb2_grpc.StockServiceStub(other)
 
             def adjust(i: int, n: int) -> None:

@@ -7,6 +7,7 @@ the test is skipped locally and fails when CI=true.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from deploy_helpers import (  # noqa: E402
     ROOT,
     Conventions,
     Manifests,
+    make_dev_issuer,
     parse_conventions,
     render,
     require_tool,
@@ -43,10 +45,14 @@ def kubectl() -> str:
 
 
 @pytest.fixture(scope="session")
-def rendered_text(kubectl: str) -> dict[str, str]:
-    """`kubectl kustomize` output per overlay (and the base, which must render on its own too)."""
-    out = {name: render(kubectl, K8S / "overlays" / name) for name in OVERLAYS}
-    out["base"] = render(kubectl, K8S / "base")
+def rendered_text(kubectl: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`kubectl kustomize` output per overlay (and the base, which must render on its own too), of a copy of k8s/
+    with the dev issuer's keys made as `make dev-issuer` makes them (never the developer's own keys)."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(K8S, root / "k8s", ignore=shutil.ignore_patterns("issuer"))
+    make_dev_issuer(root)
+    out = {name: render(kubectl, root / "k8s" / "overlays" / name, root) for name in OVERLAYS}
+    out["base"] = render(kubectl, root / "k8s" / "base", root)
     return out
 
 

@@ -101,10 +101,40 @@ def parse_conventions(text: str) -> Conventions:
     return Conventions(processes, frozenset(variables), frozenset(prefixes))
 
 
-def render(kubectl: str, path: Path) -> str:
+def render(kubectl: str, path: Path, root: Path = ROOT) -> str:
+    """`kubectl kustomize` of `path`, a directory of the repository or of a copy of it at `root`."""
     proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, f"kubectl kustomize {path.relative_to(ROOT)} failed:\n{proc.stderr}"
+    assert proc.returncode == 0, f"kubectl kustomize {path.relative_to(root)} failed:\n{proc.stderr}"
     return proc.stdout
+
+
+# The dev overlay's development issuer: `make dev-issuer` makes its key pair here (git-ignored), the overlay ships
+# its jwks.json (a file on each machine, so the tests render a copy of k8s/ in which they made it the same way).
+DEV_ISSUER = "k8s/overlays/dev/issuer"
+MAKEFILE = ROOT / "Makefile"
+
+
+def make_recipe(target: str) -> list[str]:
+    """The command lines of a Makefile target (tab-indented lines after `target:`)."""
+    lines = MAKEFILE.read_text().splitlines()
+    heads = [i for i, line in enumerate(lines) if re.match(rf"^{re.escape(target)}\s*:", line)]
+    assert len(heads) == 1, f"Makefile: no single rule for {target}"
+    recipe = []
+    for line in lines[heads[0] + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip().lstrip("@"))
+    return recipe
+
+
+def make_dev_issuer(root: Path) -> None:
+    """What `make dev-issuer` does, in a copy of the repository at `root`: the `storeplane` command of its recipe,
+    run from there."""
+    [command] = [line for line in make_recipe("dev-issuer") if " storeplane " in f" {line} "]
+    argv = command.split(" storeplane ", 1)[1].split(">", 1)[0].split()
+    subprocess.run(
+        [sys.executable, "-m", "storeplane_cli", *argv], cwd=root, check=True, capture_output=True, timeout=60
+    )
 
 
 class Manifests:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from deploy_helpers import (
     DB_SERVICES,
+    DEV_ISSUER,
     PROCESSES,
     ROOT,
     Conventions,
@@ -27,6 +28,7 @@ from deploy_helpers import (
     dockerfile_entrypoint,
     dockerfile_stages,
     main_container,
+    make_recipe,
     pod_spec,
     require_module,
     substitute_build_args,
@@ -43,6 +45,8 @@ class Recorded:
     k8s_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     local_resources: dict[str, dict[str, Any]] = field(default_factory=dict)
     loads: list[str] = field(default_factory=list)
+    # what runs while the Tiltfile loads, in order: ("local", command) and ("kustomize", path)
+    steps: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _stubs(rec: Recorded, render_dev: Callable[[str], str]) -> tuple[dict[str, Callable[..., Any]], Callable[..., Any]]:
@@ -104,7 +108,20 @@ def _stubs(rec: Recorded, render_dev: Callable[[str], str]) -> tuple[dict[str, C
 
     def kustomize(pathToDir: str, kustomize_bin: Any = None, flags: Any = None) -> str:  # noqa: N803
         rec.kustomize_paths.append(pathToDir)
+        rec.steps.append(("kustomize", pathToDir))
         return render_dev(pathToDir)
+
+    def local(
+        command: Any,
+        quiet: bool = False,
+        command_bat: Any = "",
+        echo_off: bool = False,
+        env: Any = None,
+        dir: str = "",  # noqa: A002
+        stdin: Any = None,
+    ) -> str:
+        rec.steps.append(("local", command if isinstance(command, str) else " ".join(command)))
+        return ""
 
     def k8s_resource(
         workload: str = "",
@@ -158,6 +175,7 @@ def _stubs(rec: Recorded, render_dev: Callable[[str], str]) -> tuple[dict[str, C
             "resource_deps": list(resource_deps or []),
             "auto_init": auto_init,
             "labels": [labels] if isinstance(labels, str) else list(labels or []),
+            "env": dict(env or {}),
         }
 
     def port_forward(
@@ -181,6 +199,7 @@ def _stubs(rec: Recorded, render_dev: Callable[[str], str]) -> tuple[dict[str, C
         "docker_build": docker_build,
         "k8s_yaml": k8s_yaml,
         "kustomize": kustomize,
+        "local": local,
         "k8s_resource": k8s_resource,
         "local_resource": local_resource,
         "port_forward": port_forward,
@@ -375,6 +394,20 @@ def test_seed_and_demo_button(tilt: Recorded) -> None:
         assert resource["cmd"].startswith("uv run storeplane "), name
         assert resource["trigger_mode"] == "TRIGGER_MODE_MANUAL" and resource["auto_init"] is False, name
         assert "gateway" in resource["resource_deps"], name
+
+
+def test_the_development_issuer_is_made_before_the_overlay_is_rendered(tilt: Recorded) -> None:
+    """The dev overlay's configMapGenerator reads the issuer's jwks.json: `make dev-issuer` runs first, and that
+    target makes the key pair where the overlay and the buttons look (its private key never leaves the machine)."""
+    kinds = [kind for kind, _ in tilt.steps]
+    assert "local" in kinds and kinds.index("local") < kinds.index("kustomize"), tilt.steps
+    assert any(kind == "local" and re.search(r"\bmake\b.*\bdev-issuer\b", cmd) for kind, cmd in tilt.steps)
+    [keys] = [line for line in make_recipe("dev-issuer") if "storeplane keys" in line]
+    assert f"--data-dir {DEV_ISSUER}" in keys
+    buttons = [
+        r for r in tilt.local_resources.values() if "storeplane seed" in r["cmd"] or "storeplane demo" in r["cmd"]
+    ]
+    assert buttons and all(r["env"].get("DATA_DIR") == DEV_ISSUER for r in buttons), "their tokens' keys"
 
 
 def test_every_resource_is_grouped(tilt: Recorded) -> None:

@@ -1,5 +1,6 @@
 """Each of the five processes starts on its own, reports SERVING and lists its services by reflection;
-the gateway forwards to the services; the embedded stack starts all five in one process."""
+the gateway forwards calls that carry a token to the services; the embedded stack starts all five in one process,
+with development keys of its own that `storeplane token` signs with."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
+from storeplane_runtime.auth.client import with_bearer
 from storeplane_runtime.status import details_of
-from storeplane_runtime.testing import free_port, free_port_block, wait_serving
+from storeplane_runtime.testing import free_port, free_port_block, test_authority, wait_serving
 
 SERVICES = {
     "checkout": "pos.checkout.v1.CheckoutService",
@@ -29,10 +31,17 @@ SERVICES = {
 
 @pytest.fixture
 def distributed(make_postgres_url: Callable[[], str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The five processes, each its own child, the services on their own fresh PostgreSQL databases."""
+    """The five processes, each its own child, the services on their own fresh PostgreSQL databases, all trusting
+    the test authority's keys."""
     ports = {name: free_port() for name in ("gateway", *SERVICES)}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    base = {**os.environ, "GRPC_HOST": "127.0.0.1", "METRICS_PORT": "0", "DATA_DIR": str(tmp_path)}
+    base = {
+        **os.environ,
+        "GRPC_HOST": "127.0.0.1",
+        "METRICS_PORT": "0",
+        "DATA_DIR": str(tmp_path),
+        "AUTH_JWKS_FILE": test_authority().jwks_file,
+    }
     base.update({f"{name.upper()}_ADDR": addresses[name] for name in SERVICES})
     children = []
     try:
@@ -73,7 +82,7 @@ def _answered_by(error: grpc.RpcError, service: str, method: str) -> bool:
 
 
 def test_gateway_forwards_each_call_to_its_service(distributed: dict[str, str]) -> None:
-    with grpc.insecure_channel(distributed["gateway"]) as channel:
+    with with_bearer(grpc.insecure_channel(distributed["gateway"]), test_authority().token()) as channel:
         with pytest.raises(grpc.RpcError) as caught:
             stock_pb2_grpc.StockServiceStub(channel).GetItem(stock_pb2.GetItemRequest(), timeout=5)
         assert _answered_by(caught.value, "pos.stock.v1.StockService", "GetItem")
@@ -83,6 +92,20 @@ def test_gateway_forwards_each_call_to_its_service(distributed: dict[str, str]) 
         with pytest.raises(grpc.RpcError) as caught:
             channel.unary_unary("/pos.nothing.v1.NothingService/Nope")(b"", timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_gateway_refuses_a_call_without_a_token_before_forwarding_it(distributed: dict[str, str]) -> None:
+    with grpc.insecure_channel(distributed["gateway"]) as channel, pytest.raises(grpc.RpcError) as caught:
+        stock_pb2_grpc.StockServiceStub(channel).GetItem(stock_pb2.GetItemRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert details_of(caught.value).domain == "gateway.storeplane"
+
+
+def _storeplane(*argv: str, cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "storeplane_cli", *argv], capture_output=True, text=True, cwd=cwd, timeout=60, check=True
+    )
+    return done.stdout
 
 
 def test_embedded_stack_starts_all_five_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -113,6 +136,17 @@ def test_embedded_stack_starts_all_five_and_stops_on_sigterm(tmp_path: Path) -> 
             wait_serving(f"127.0.0.1:{base_port + i}", service if i else "")
         for name in SERVICES:
             assert (tmp_path / "data" / f"{name}.db").exists()
+        assert (tmp_path / "data" / "auth" / "jwks.json").exists()
+        token = _storeplane("token", "--data-dir", str(tmp_path / "data"), cwd=tmp_path).strip()
+        request = stock_pb2.GetItemRequest(store_id="berlin-mitte", sku="SHO-RUN-01-BLA-40")
+        for channel, refused in (
+            (with_bearer(grpc.insecure_channel(f"127.0.0.1:{base_port}"), token), grpc.StatusCode.NOT_FOUND),
+            (grpc.insecure_channel(f"127.0.0.1:{base_port}"), grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            with channel, pytest.raises(grpc.RpcError) as caught:
+                stock_pb2_grpc.StockServiceStub(channel).GetItem(request, timeout=5)
+            # With the token the call reaches stock (no demo data: --no-seed); without, the gateway stops it.
+            assert caught.value.code() == refused
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

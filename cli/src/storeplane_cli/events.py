@@ -27,7 +27,7 @@ import pika
 import pika.exceptions
 from sqlalchemy import inspect
 
-from storeplane_cli.stack import default_data_dir
+from storeplane_cli.tokens import default_data_dir
 from storeplane_runtime.db import Database
 from storeplane_runtime.messaging.config import MessagingSettings
 from storeplane_runtime.messaging.envelope import ORIGIN_QUEUE_HEADER, Envelope, from_amqp, to_amqp

@@ -1,50 +1,79 @@
-"""`storeplane`: run the embedded stack, start the services as processes, seed demo data, check health."""
+"""`storeplane`: run the embedded stack, start the services as processes, seed demo data, check health, mint
+development tokens."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from storeplane_cli import events, health
-from storeplane_cli.stack import PROCESSES, EmbeddedStack, Layout, ProcessStack, default_data_dir
-from storeplane_runtime.logs import configure_logging
-from storeplane_runtime.migrations import SchemaError
-from storeplane_runtime.server import run_until_signal
-from storeplane_runtime.settings import SettingsError
+from storeplane_cli import tokens
 
-log = logging.getLogger("storeplane")
+if TYPE_CHECKING:
+    from storeplane_cli.stack import Layout
+
+# The stack, the services and the event tools load in a second or two: they are imported by the commands that use
+# them, so that `$(storeplane token)` in a script is quick.
 
 
 def _layout(args: argparse.Namespace) -> Layout:
+    from storeplane_cli.stack import Layout
+
     return Layout(host=args.host, base_port=args.base_port)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from storeplane_cli.stack import EmbeddedStack
+    from storeplane_runtime.logs import configure_logging
+    from storeplane_runtime.server import run_until_signal
+
     configure_logging(args.log_level)
     layout = _layout(args)
+    data_dir = Path(args.data_dir)
     started = time.perf_counter()
-    stack = EmbeddedStack(layout, Path(args.data_dir), metrics_port=args.metrics_port)
+    stack = EmbeddedStack(layout, data_dir, metrics_port=args.metrics_port)
     stack.start()
     elapsed = time.perf_counter() - started
     gateway = layout.address("gateway")
     print(f"storeplane is up in {elapsed:.2f}s — gateway at {gateway} (data in {args.data_dir})", flush=True)
-    print(f"  try:    grpcurl -plaintext {gateway} list", flush=True)
-    print(f"  health: storeplane health --base-port {layout.base_port}", flush=True)
+    print(banner(gateway, data_dir, layout.base_port), flush=True)
     if not args.no_seed:
         from storeplane_cli.seed import seed_once
 
-        seed_once(gateway, Path(args.data_dir), out=sys.stdout)
+        seed_once(gateway, data_dir, seed_token(data_dir), out=sys.stdout)
     run_until_signal([app.host for app in stack.apps], drain_seconds=0)
     stack.stop(0)
     return 0
 
 
+def banner(gateway: str, data_dir: Path, base_port: int) -> str:
+    """How to call the stack: every call but health and reflection needs a token of its issuer."""
+    token = tokens.token_hint(data_dir)
+    return "\n".join(
+        [
+            f"  token:  {token}    (every scope, all stores, 12 h; --scopes, --stores, --ttl: see --help)",
+            f"  try:    grpcurl -plaintext {gateway} list",
+            f'          grpcurl -plaintext -H "authorization: Bearer $({token})" \\',
+            """              -d '{"store_id":"berlin-mitte","sku":"SHO-RUN-01-BLA-40"}' \\""",
+            f"              {gateway} pos.stock.v1.StockService/GetItem",
+            f"  health: {tokens.cli_name()} health --base-port {base_port}",
+        ]
+    )
+
+
+def seed_token(data_dir: Path) -> str:
+    """What the demo data is loaded with: every scope, every store, for as long as a seed may take."""
+    return tokens.dev_issuer(data_dir).mint(subject="storeplane-seed", ttl_seconds=3600)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    from storeplane_cli.stack import ProcessStack
+    from storeplane_runtime.logs import configure_logging
+
     configure_logging(args.log_level)
     if not os.environ.get("AMQP_URL"):
         print(
@@ -53,13 +82,19 @@ def cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    stack = ProcessStack(_layout(args), os.environ)
+    layout = _layout(args)
+    stack = ProcessStack(layout, os.environ)
     stack.start()
-    print(f"storeplane processes started; gateway at {_layout(args).address('gateway')}", flush=True)
+    gateway = layout.address("gateway")
+    print(f"storeplane processes started; gateway at {gateway}", flush=True)
+    print(banner(gateway, tokens.default_data_dir(), layout.base_port), flush=True)
     return stack.wait()
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    from storeplane_cli import health
+    from storeplane_cli.stack import PROCESSES
+
     layout = _layout(args)
     rows = health.check_all({name: layout.address(name) for name in PROCESSES}, timeout=args.timeout)
     print(health.render(rows))
@@ -69,12 +104,24 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     from storeplane_cli.seed import seed
 
-    report = seed(args.gateway or _layout(args).address("gateway"))
+    data_dir = Path(args.data_dir)
+    if not args.token and not tokens.has_dev_issuer(data_dir):
+        # New keys made here would sign tokens no running stack trusts.
+        print(
+            f"storeplane seed: no development keys under {tokens.auth_dir(data_dir)} (a stack makes them on its first "
+            "start: give its --data-dir), or pass --token",
+            file=sys.stderr,
+        )
+        return 2
+    token = args.token or seed_token(data_dir)
+    report = seed(args.gateway or _layout(args).address("gateway"), token)
     print(report.render())
     return 0 if report.ok else 1
 
 
 def parser() -> argparse.ArgumentParser:
+    from storeplane_cli import events
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
     common.add_argument("--host", default="127.0.0.1", help="address the processes listen on / are reached at")
@@ -85,7 +132,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", parents=[common], help="the embedded stack: all five processes in this one, SQLite, in-process bus"
     )
-    run.add_argument("--data-dir", default=str(default_data_dir()))
+    run.add_argument("--data-dir", default=str(tokens.default_data_dir()), help="databases and development keys")
     run.add_argument("--metrics-port", type=int, default=9450)
     run.add_argument("--no-seed", action="store_true", help="do not load demo data on first start")
     run.set_defaults(func=cmd_run)
@@ -101,13 +148,24 @@ def parser() -> argparse.ArgumentParser:
 
     seed = sub.add_parser("seed", parents=[common], help="load the deterministic demo data through the gateway")
     seed.add_argument("--gateway", default="", help="host:port of the gateway (default: from --host/--base-port)")
+    seed.add_argument(
+        "--data-dir", default=str(tokens.default_data_dir()), help="whose development keys sign the seed's token"
+    )
+    seed.add_argument("--token", default="", help="a bearer token to seed with instead")
     seed.set_defaults(func=cmd_seed)
 
+    tokens.add_parsers(sub)
     events.add_parser(sub, parents=[common])
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in tokens.COMMANDS:
+        raise SystemExit(tokens.main(argv[0], argv[1:]))
+    from storeplane_runtime.migrations import SchemaError
+    from storeplane_runtime.settings import SettingsError
+
     args = parser().parse_args(argv)
     try:
         code = args.func(args)

@@ -1,4 +1,4 @@
-"""Load the demo data through the gateway: the catalogue and stock (stock service), the customers
+"""Load the demo data through the gateway with a bearer token: the catalogue and stock (stock service), the customers
 (customer service). Deterministic request ids make a second run a no-op. A service whose API is not
 built yet is reported, not treated as a failure of the others."""
 
@@ -16,6 +16,7 @@ from pos.common.v1 import common_pb2
 from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from storeplane_cli import demo_data
+from storeplane_runtime.auth.client import with_bearer
 
 SEED_VERSION = "v1"
 MARKER = ".seeded"
@@ -71,9 +72,10 @@ def _step(report: SeedReport, what: str, action: Callable[[], str]) -> None:
             report.lines.append(f"{what}: FAILED {code.name}: {exc.details()}")
 
 
-def seed(gateway: str, timeout: float = 60.0) -> SeedReport:
+def seed(gateway: str, token: str, timeout: float = 60.0) -> SeedReport:
+    """Every part of the demo data, each call carrying `token` (it needs the import and registration scopes)."""
     report = SeedReport()
-    with grpc.insecure_channel(gateway) as channel:
+    with with_bearer(grpc.insecure_channel(gateway), token) as channel:
         stock = stock_pb2_grpc.StockServiceStub(channel)
         customers = customer_pb2_grpc.CustomerServiceStub(channel)
 
@@ -107,12 +109,12 @@ def seed(gateway: str, timeout: float = 60.0) -> SeedReport:
     return report
 
 
-def seed_once(gateway: str, data_dir: Path, out: TextIO | None = None) -> SeedReport | None:
+def seed_once(gateway: str, data_dir: Path, token: str, out: TextIO | None = None) -> SeedReport | None:
     """Seed on the first start of a data directory (the marker is written only when all parts landed)."""
     marker = data_dir / MARKER
     if marker.exists():
         return None
-    report = seed(gateway)
+    report = seed(gateway, token)
     stream = out or io.StringIO()
     print("demo data:\n  " + report.render().replace("\n", "\n  "), file=stream, flush=True)
     if report.ok and not report.pending:

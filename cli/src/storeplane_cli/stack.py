@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from storeplane_cli.tokens import auth_dir, dev_issuer
 from storeplane_runtime.app import ServiceApp
+from storeplane_runtime.auth.issuer import JWKS_FILE
 from storeplane_runtime.settings import DEFAULT_PORTS, load_settings
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,13 @@ def create_app(name: str, **overrides: Any) -> ServiceApp:
 
 
 class EmbeddedStack:
-    """All five processes' apps in this process, each service with its own SQLite file under `data_dir`."""
+    """All five processes' apps in this process, each service with its own SQLite file under `data_dir`, all
+    trusting the development issuer's keys there (made on the first start)."""
 
     def __init__(self, layout: Layout, data_dir: Path, *, metrics_port: int = 0) -> None:
         self.layout = layout
         self.data_dir = data_dir
+        self.issuer = dev_issuer(data_dir)
         self.apps: list[ServiceApp] = []
         for name in PROCESSES:
             self.apps.append(
@@ -69,6 +72,9 @@ class EmbeddedStack:
                     amqp_url="",
                     auto_migrate=True,
                     metrics_port=metrics_port if name == "gateway" else 0,
+                    auth_jwks_file=str(self.issuer.jwks_file),
+                    auth_jwks_url="",
+                    reflection="open",
                     **layout.peer_overrides(),
                 )
             )
@@ -103,11 +109,17 @@ class EmbeddedStack:
 
 
 def distributed_environment(name: str, layout: Layout, base_env: Mapping[str, str]) -> dict[str, str]:
-    """Environment of one process in `up` mode: its port, peers, and its own database and broker URLs."""
+    """Environment of one process in `up` mode: its port, peers, its own database and broker URLs, and the
+    development issuer's keys under DATA_DIR/auth (a process that calls peers finds the signing key beside them)."""
     env = dict(base_env)
     env.update({f"{n.upper()}_ADDR": layout.address(n) for n in SERVICES})
     env["GRPC_HOST"] = layout.host
     env["GRPC_PORT"] = str(layout.port(name))
+    data_dir = Path(base_env.get("DATA_DIR") or "var").absolute()
+    env["DATA_DIR"] = str(data_dir)
+    env["AUTH_JWKS_FILE"] = str(auth_dir(data_dir) / JWKS_FILE)
+    env.pop("AUTH_JWKS_URL", None)
+    env["REFLECTION"] = "open"
     env.setdefault("METRICS_PORT", "0")
     if name != "gateway":
         env["METRICS_PORT"] = base_env.get(f"METRICS_PORT_{name.upper()}", "0")
@@ -150,6 +162,7 @@ class ProcessStack:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
+        dev_issuer(Path(self.env.get("DATA_DIR") or "var"), self.env)  # the keys every child reads, made once
         for name in [n for n in self.names if n != "gateway"] + [n for n in self.names if n == "gateway"]:
             env = distributed_environment(name, self.layout, self.env)
             if name != "gateway":
@@ -183,7 +196,3 @@ class ProcessStack:
             self.stop()
         codes = [c.returncode for c in self.children.values() if c.returncode not in (0, -signal.SIGTERM, None)]
         return codes[0] if codes else 0
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("DATA_DIR", "var"))
