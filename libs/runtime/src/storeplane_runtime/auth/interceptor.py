@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from prometheus_client import Counter
@@ -50,6 +50,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.check_stores = check_stores
         self.open_prefixes = (HEALTH_PREFIX, *(REFLECTION_PREFIXES if open_reflection else ()))
         self.open_methods = frozenset(open_methods)
+        # method -> (the handler it wrapped, the wrapper)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
@@ -60,47 +62,40 @@ class AuthInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None:
             return None  # not served here: gRPC answers UNIMPLEMENTED
+        # One wrapper per method, made once: the checks run in the call's own thread (not gRPC's polling thread),
+        # and interceptors outside this one find the same handler every time (they cache by it).
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        if len(self._wrapped) < 10_000:  # methods that have a handler; the bound is belt and braces
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         rule = self.rules.get(method)
         if rule is None:
-            return self._refusal(
-                handler,
-                method,
-                "",
-                grpc.StatusCode.PERMISSION_DENIED,
-                "METHOD_NOT_DECLARED",
-                "this RPC declares no authorisation and is refused",
-                {},
-            )
-        try:
-            identity = self.verifier.verify(_bearer(details.invocation_metadata))
-        except TokenRefused as refused:
-            return self._refusal(
-                handler, method, "", grpc.StatusCode.UNAUTHENTICATED, refused.reason, refused.message, {}
-            )
-        missing = identity.missing_scopes(rule.scopes)
-        if missing:
-            return self._refusal(
-                handler,
-                method,
-                identity.subject,
-                grpc.StatusCode.PERMISSION_DENIED,
-                "MISSING_SCOPE",
-                f"the token lacks scope {missing[0]!r}",
-                {"scope": missing[0], "missing_scopes": " ".join(missing)},
-            )
-        return self._admitted(handler, rule, identity)
 
-    # --- admitted calls: the identity is current while the handler runs; stores checked per message -------------
+            def undeclared(_request: Any, context: grpc.ServicerContext) -> Any:
+                self.refuse(
+                    context,
+                    method,
+                    "",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "METHOD_NOT_DECLARED",
+                    "this RPC declares no authorisation and is refused",
+                    {},
+                )
 
-    def _admitted(self, handler: grpc.RpcMethodHandler, rule: MethodRule, identity: Identity) -> grpc.RpcMethodHandler:
+            return _replace(handler, undeclared)
         check = self.check_stores and rule.store_scoped
-        checker = _StoreCheck(self, rule, identity) if check else None
         if handler.request_streaming:
             inner: Behaviour = handler.stream_unary or handler.stream_stream  # type: ignore[assignment]
 
             def streamed(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                identity = self._admit(rule, context)
                 with acting_as(identity):
-                    checked = checker.each(requests, context) if checker is not None else requests
+                    checked = self._each(rule, identity, requests, context) if check else requests
                     if handler.response_streaming:
                         return _iterate_as(identity, inner(checked, context))
                     return inner(checked, context)
@@ -109,14 +104,72 @@ class AuthInterceptor(grpc.ServerInterceptor):
         inner = handler.unary_unary or handler.unary_stream  # type: ignore[assignment]
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            identity = self._admit(rule, context)
             with acting_as(identity):
-                if checker is not None:
-                    checker.one(request, context)
+                if check:
+                    self._check_stores(rule, identity, request, context)
                 if handler.response_streaming:
                     return _iterate_as(identity, inner(request, context))
                 return inner(request, context)
 
         return _replace(handler, unary)
+
+    def _admit(self, rule: MethodRule, context: grpc.ServicerContext) -> Identity:
+        """The caller's verified identity, if its token is good and carries the RPC's scopes; else the call ends."""
+        try:
+            identity = self.verifier.verify(_bearer(context.invocation_metadata()))
+        except TokenRefused as refused:
+            self.refuse(context, rule.method, "", grpc.StatusCode.UNAUTHENTICATED, refused.reason, refused.message, {})
+            raise  # not reached: refuse() ends the call
+        missing = identity.missing_scopes(rule.scopes)
+        if missing:
+            self.refuse(
+                context,
+                rule.method,
+                identity.subject,
+                grpc.StatusCode.PERMISSION_DENIED,
+                "MISSING_SCOPE",
+                f"the token lacks scope {missing[0]!r}",
+                {"scope": missing[0], "missing_scopes": " ".join(missing)},
+            )
+        return identity
+
+    def _check_stores(self, rule: MethodRule, identity: Identity, message: Any, context: grpc.ServicerContext) -> None:
+        """Every store `message` names at the RPC's paths must be one the caller may act for."""
+        if identity.all_stores:
+            return
+        for path in rule.store_paths:
+            for store in stores_named(message, path):
+                if not identity.may_act_for(store):
+                    self.refuse(
+                        context,
+                        rule.method,
+                        identity.subject,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        "STORE_NOT_ALLOWED",
+                        f"not allowed for store {store[:64]!r}",
+                        {"store_id": store[:64], "field": ".".join(path)},
+                        store=store[:64],
+                    )
+
+    def _each(
+        self, rule: MethodRule, identity: Identity, messages: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        """The stream, each message checked as the handler reads it; the first one before the handler starts, so a
+        stream that opens with another store's data is refused whatever the handler does."""
+        first = next(messages, None)
+        if first is None:
+            return iter(())
+        self._check_stores(rule, identity, first, context)
+        return self._rest(rule, identity, first, messages, context)
+
+    def _rest(
+        self, rule: MethodRule, identity: Identity, first: Any, messages: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        yield first
+        for message in messages:
+            self._check_stores(rule, identity, message, context)  # a bad one ends the stream before it is handled
+            yield message
 
     def refuse(
         self,
@@ -128,7 +181,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         message: str,
         metadata: Mapping[str, str],
         store: str = "",
-    ) -> None:
+    ) -> NoReturn:
         """Audit the refusal (never the token, never a body) and end the call with its status."""
         AUTH_REFUSED.labels(method, reason).inc()
         log.warning(
@@ -136,60 +189,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             extra={"subject": subject, "grpc_method": method, "store_id": store, "reason": reason},
         )
         context.abort_with_status(build_status(code, message, reason=reason, domain=self.domain, metadata=metadata))
-
-    def _refusal(
-        self,
-        handler: grpc.RpcMethodHandler,
-        method: str,
-        subject: str,
-        code: grpc.StatusCode,
-        reason: str,
-        message: str,
-        metadata: Mapping[str, str],
-    ) -> grpc.RpcMethodHandler:
-        def refused(_request: Any, context: grpc.ServicerContext) -> Any:
-            self.refuse(context, method, subject, code, reason, message, metadata)
-
-        return _replace(handler, refused)
-
-
-class _StoreCheck:
-    """The stores one call's request (or each message of its stream) names, against the caller's token."""
-
-    def __init__(self, interceptor: AuthInterceptor, rule: MethodRule, identity: Identity) -> None:
-        self.interceptor, self.rule, self.identity = interceptor, rule, identity
-
-    def one(self, message: Any, context: grpc.ServicerContext) -> None:
-        if self.identity.all_stores:
-            return
-        for path in self.rule.store_paths:
-            for store in stores_named(message, path):
-                if not self.identity.may_act_for(store):
-                    self.interceptor.refuse(
-                        context,
-                        self.rule.method,
-                        self.identity.subject,
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        "STORE_NOT_ALLOWED",
-                        f"not allowed for store {store[:64]!r}",
-                        {"store_id": store[:64], "field": ".".join(path)},
-                        store=store[:64],
-                    )
-
-    def each(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        """The stream, each message checked as the handler reads it; the first one before the handler starts, so a
-        stream that opens with another store's data is refused whatever the handler does."""
-        first = next(messages, None)
-        if first is None:
-            return iter(())
-        self.one(first, context)
-        return self._rest(first, messages, context)
-
-    def _rest(self, first: Any, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        yield first
-        for message in messages:
-            self.one(message, context)  # a bad message ends the stream with PERMISSION_DENIED before it is handled
-            yield message
+        raise AssertionError("abort_with_status returned")  # it raises; this keeps the types honest
 
 
 def _iterate_as(identity: Identity, responses: Iterator[Any]) -> Iterator[Any]:
