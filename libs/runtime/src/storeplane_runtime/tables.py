@@ -20,7 +20,15 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["NAMING", "held_events_table", "idempotency_table", "inbox_table", "messaging_metadata", "outbox_table"]
+__all__ = [
+    "ID",
+    "NAMING",
+    "held_events_table",
+    "idempotency_table",
+    "inbox_table",
+    "messaging_metadata",
+    "outbox_table",
+]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -32,13 +40,14 @@ NAMING = {
 
 messaging_metadata = MetaData(naming_convention=NAMING)
 
-# BigInteger ids are INTEGER on SQLite so they stay rowid aliases (autoincrement).
-_Id = BigInteger().with_variant(Integer(), "sqlite")
+# The type of an autoincrementing id column in every service's tables: BigInteger, but INTEGER on SQLite so it
+# stays a rowid alias (autoincrement).
+ID = BigInteger().with_variant(Integer(), "sqlite")
 
 outbox_table = Table(
     "outbox",
     messaging_metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     Column("event_id", String(36), nullable=False, unique=True),
     Column("event_type", String(200), nullable=False),
     Column("source", String(100), nullable=False),

@@ -8,7 +8,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
-    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -16,10 +15,9 @@ from sqlalchemy import (
     Text,
 )
 
-from storeplane_runtime.tables import NAMING
+from storeplane_runtime.tables import ID, NAMING
 
 metadata = MetaData(naming_convention=NAMING)
-_Id = BigInteger().with_variant(Integer(), "sqlite")
 
 items = Table(
     "items",
@@ -68,7 +66,7 @@ Index("ix_reservations_active_expiry", reservations.c.state, reservations.c.expi
 stock_adjustments = Table(
     "stock_adjustments",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     Column("store_id", String(64), nullable=False),
     Column("sku", String(64), nullable=False),
     Column("delta", BigInteger, nullable=False),
@@ -83,7 +81,7 @@ stock_adjustments = Table(
 stock_discrepancies = Table(
     "stock_discrepancies",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", ID, primary_key=True, autoincrement=True),
     Column("store_id", String(64), nullable=False),
     Column("sku", String(64), nullable=False),
     Column("kind", String(32), nullable=False),  # NEGATIVE_ON_HAND, UNKNOWN_SKU
