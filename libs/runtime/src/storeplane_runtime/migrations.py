@@ -198,7 +198,7 @@ def create_inbox_pruning_index() -> None:
     the first revision creates the inbox table with its indexes)."""
     from alembic import op
 
-    op.create_index("ix_inbox_processed_at", "inbox", ["processed_at"], if_not_exists=True)
+    op.create_index("ix_inbox_processed_at", "inbox", ["processed_at"], if_not_exists=True, postgresql_using="brin")
 
 
 def drop_inbox_pruning_index() -> None:

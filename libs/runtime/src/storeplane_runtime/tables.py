@@ -71,8 +71,9 @@ inbox_table = Table(
     Column("processed_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("consumer", "event_id"),
 )
-# The pruner deletes inbox rows by age (messaging.pruning); since migration revision "inbox_processed_at".
-Index("ix_inbox_processed_at", inbox_table.c.processed_at)
+# The pruner deletes inbox rows by age (messaging.pruning). BRIN on PostgreSQL: rows arrive in time order, and a
+# B-tree updated on every applied event cost the consumer about a tenth of its throughput (make bench).
+Index("ix_inbox_processed_at", inbox_table.c.processed_at, postgresql_using="brin")
 
 # Events a consumer of the in-process bus has taken into custody: waiting for a retry (`due_at`) or parked
 # (`reason`, `held_at`). A full envelope, so that the event survives a restart after the relay marked it sent.
