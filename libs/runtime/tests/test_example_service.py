@@ -136,3 +136,20 @@ def test_the_readme_shows_the_example_as_it_is() -> None:
     shown = re.findall(r"```python\n(.*?)```", readme, re.S)
     source = (EXAMPLE / "src/notes/service.py").read_text()
     assert source in shown, "libs/runtime/README.md must show example_service/src/notes/service.py verbatim"
+
+
+def test_its_migration_goes_up_and_back_down(notes_module: object, sqlite_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from storeplane_runtime import migrations
+    from storeplane_runtime.db import Database
+
+    db = Database(sqlite_url)
+    try:
+        migrations.upgrade(db.engine, EXAMPLE / "migrations")
+        assert {"notes", "outbox", "inbox", "held_events"} <= set(inspect(db.engine).get_table_names())
+        command.downgrade(migrations.config_for(EXAMPLE / "migrations", db.engine), "base")
+        assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -45,8 +46,9 @@ class DetailsInterceptor(
 ):
     """A client interceptor that changes only the details of each call (deadline, metadata): subclasses say how."""
 
+    @abc.abstractmethod
     def details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        raise NotImplementedError
+        """The details the call goes out with."""
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return continuation(self.details(details), request)

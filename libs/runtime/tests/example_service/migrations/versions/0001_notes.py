@@ -7,7 +7,12 @@ Revises:
 from alembic import op
 from notes.service import notes
 
-from storeplane_runtime.migrations import create_held_events_table, create_messaging_tables
+from storeplane_runtime.migrations import (
+    create_held_events_table,
+    create_messaging_tables,
+    drop_held_events_table,
+    drop_messaging_tables,
+)
 
 revision = "0001"
 down_revision = None
@@ -22,4 +27,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("the example never goes back")
+    notes.drop(bind=op.get_bind())
+    drop_held_events_table()
+    drop_messaging_tables()
