@@ -9,13 +9,14 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
   errors to gRPC codes), `auth` (bearer tokens, the declared scopes and stores enforced; `auth.client` for callers),
   `identity` (who calls: `current_identity`, `check_owner` for resources named by id), `idempotency`
   (`IdempotentCalls`: a mutating RPC in one line),
-  `batching` (group commit of a hot call), `imports` (client-streamed batch imports), `clients` (peer channels).
+  `batching` (group commit of a hot call), `imports` (client-streamed batch imports), `clients` (peer channels),
+  `paging` (AIP-158 page sizes and signed page tokens).
 - Storing: `db` (`Database`, `UnitOfWork`: state and outbox in one transaction), `tables` (the kit's tables),
   `sql` (dialect helpers), `migrations` (Alembic env and the kit's tables), `stores` (store configuration).
 - Events: `messaging` (`Consumers`, relay, bus), `outbox`, `event_ids`, `timestamps`, `broadcast` (committed
   events to every replica).
-- Running and testing: `workers` (`ThreadWorker`), `telemetry` (the shared metrics, tracing), `testing` (a service
-  on a free port, `deliver`, `published`).
+- Running and testing: `workers` (`ThreadWorker`), `sweeps` (`Sweeper`: a use case applied to what fell due),
+  `telemetry` (the shared metrics, tracing), `testing` (a service on a free port, `deliver`, `published`).
 
 Other modules (`driver`, `deadlines`, `interceptors`, `logs`) are the kit's own machinery.
 """
@@ -36,11 +37,13 @@ __all__ = [
     "messaging",
     "migrations",
     "outbox",
+    "paging",
     "server",
     "settings",
     "sql",
     "status",
     "stores",
+    "sweeps",
     "tables",
     "telemetry",
     "testing",

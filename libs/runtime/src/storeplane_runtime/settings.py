@@ -63,6 +63,9 @@ class ServiceSettings(BaseSettings):
     auth_token_file: str = ""
     # Server reflection: open to anyone (dev), for any valid token, or not served (prod).
     reflection: Literal["open", "token", "off"] = "open"
+    # Secret that signs list RPCs' page tokens (storeplane_runtime.paging); every replica needs the same one.
+    # Empty: a development key derived from the service name.
+    page_token_key: str = ""
 
     @field_validator("log_level")
     @classmethod

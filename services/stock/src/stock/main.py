@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from pos.stock.v1 import stock_pb2_grpc
+from stock import use_cases
 from stock.answers import GetItemAnswers
 from stock.api import ERROR_TABLE, NAME, SERVICE_DESCRIPTOR, StockServicer
 from stock.consumers import stock_consumers
 from stock.domain import StockPolicy
 from stock.events import ITEM_UPDATED, STOCK_LEVEL_CHANGED
-from stock.expiry import ExpirySweeper
 from stock.item_cache import ItemCache
 from stock.queries import StockQueries
 from stock.settings import StockSettings
@@ -21,6 +21,7 @@ from storeplane_runtime.broadcast import Broadcast, CommittedEventsFeed
 from storeplane_runtime.db import Database
 from storeplane_runtime.server import ServiceRegistration
 from storeplane_runtime.stores import load_stores
+from storeplane_runtime.sweeps import Sweeper
 
 Settings = StockSettings  # the name other tooling imports
 
@@ -85,10 +86,12 @@ def create_app(settings: StockSettings) -> ServiceApp:
     app.database.on_committed_events(items.committed)
     app.database.on_committed_events(answers.committed)
     app.host.on_stopping.append(watch.stop)
+    # Reservations past their TTL give their units back (safe beside replicas: each leaves ACTIVE once).
     app.workers.append(
-        ExpirySweeper(
+        Sweeper(
+            "stock-expiry",
             app.database,
-            policy,
+            lambda uow, now, limit: use_cases.expire_due(uow, policy, now=now, limit=limit),
             interval=settings.expiry_sweep_seconds,
             batch=settings.expiry_batch_size,
             source=NAME,
