@@ -12,7 +12,8 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
   `batching` (group commit of a hot call), `imports` (client-streamed batch imports), `clients` (peer channels),
   `paging` (AIP-158 page sizes and signed page tokens).
 - Storing: `db` (`Database`, `UnitOfWork`: state and outbox in one transaction), `tables` (the kit's tables),
-  `sql` (dialect helpers), `migrations` (Alembic env and the kit's tables), `stores` (store configuration).
+  `sql` (dialect helpers), `erasure` (a customer's copies in the kit's tables), `migrations` (Alembic env and the
+  kit's tables), `stores` (store configuration).
 - Events: `messaging` (`Consumers`, relay, bus), `outbox`, `event_ids`, `timestamps`, `broadcast` (committed
   events to every replica).
 - Running and testing: `workers` (`ThreadWorker`), `sweeps` (`Sweeper`: a use case applied to what fell due),
@@ -29,6 +30,7 @@ __all__ = [
     "clients",
     "clock",
     "db",
+    "erasure",
     "errors",
     "event_ids",
     "idempotency",

@@ -1,0 +1,72 @@
+"""Erasure helpers: a customer's sent events leave the outbox, unsent ones stay to go out; stored answers are
+rewritten for the keys named and no others. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select
+
+from storeplane_runtime.db import Database
+from storeplane_runtime.erasure import forget_sent_events, rewrite_answers
+from storeplane_runtime.tables import idempotency_table, messaging_metadata, outbox_table
+
+
+def _database(url: str) -> Database:
+    database = Database(url)
+    with database.engine.begin() as conn:
+        messaging_metadata.create_all(conn)
+    return database
+
+
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def _event(n: int, subject: str, sent: bool) -> dict[str, object]:
+    return {
+        "event_id": f"00000000-0000-0000-0000-{n:012d}",
+        "event_type": "pos.customer.v1.CustomerRegistered",
+        "source": "/storeplane/customer",
+        "subject": subject,
+        "store_id": "",
+        "payload": b"card 6000000000000001",
+        "headers": {},
+        "occurred_at": NOW,
+        "sent_at": NOW if sent else None,
+        "attempts": 0,
+    }
+
+
+def _key(caller: str, request_id: str) -> dict[str, object]:
+    return {
+        "caller": caller,
+        "request_id": request_id,
+        "method": "/pos.customer.v1.CustomerService/RegisterCustomer",
+        "request_hash": "h",
+        "response": b"profile with email",
+        "created_at": NOW,
+    }
+
+
+def test_sent_events_of_the_subject_go_and_nothing_else(database_url: str) -> None:
+    database = _database(database_url)
+    with database.engine.begin() as conn:
+        conn.execute(
+            insert(outbox_table),
+            [_event(1, "c-1", True), _event(2, "c-1", False), _event(3, "c-2", True), _event(4, "", True)],
+        )
+        assert forget_sent_events(conn, "c-1") == 1
+        left = conn.execute(select(outbox_table.c.event_id).order_by(outbox_table.c.event_id)).scalars().all()
+    assert [e[-1] for e in left] == ["2", "3", "4"]
+    database.dispose()
+
+
+def test_answers_are_rewritten_for_the_named_keys_only(database_url: str) -> None:
+    database = _database(database_url)
+    with database.engine.begin() as conn:
+        conn.execute(insert(idempotency_table), [_key("till-1", "r1"), _key("till-1", "r2"), _key("till-2", "r1")])
+        assert rewrite_answers(conn, [("till-1", "r1", b"tombstone"), ("till-9", "r1", b"tombstone")]) == 1
+        t = idempotency_table
+        rows = {f"{c}/{r}": body for c, r, body in conn.execute(select(t.c.caller, t.c.request_id, t.c.response))}
+    assert rows == {"till-1/r1": b"tombstone", "till-1/r2": b"profile with email", "till-2/r1": b"profile with email"}
+    database.dispose()
