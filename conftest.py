@@ -77,3 +77,34 @@ def database_url(request: pytest.FixtureRequest) -> str:
         return url
     postgres: str = request.getfixturevalue("postgres_url")
     return postgres
+
+
+RABBITMQ_BASE_URL = os.environ.get("STOREPLANE_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672")
+
+
+@pytest.fixture
+def make_amqp_url() -> Iterator[Callable[[], str]]:
+    """Creates fresh RabbitMQ vhosts (guest may use them) and deletes them after the test: a test's exchanges and
+    queues are its own, whatever an earlier run left behind."""
+    import shutil
+    import subprocess
+
+    if shutil.which("rabbitmqctl") is None:
+        need("RabbitMQ", "rabbitmqctl not found")
+    created: list[str] = []
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=120, check=False)
+
+    def make() -> str:
+        vhost = f"sp_test_{uuid.uuid4().hex[:10]}"
+        added = ctl("add_vhost", vhost)
+        if added.returncode != 0:
+            need("RabbitMQ", ((added.stderr or added.stdout).strip() or "add_vhost failed").splitlines()[-1])
+        created.append(vhost)
+        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return f"{RABBITMQ_BASE_URL}/{vhost}"
+
+    yield make
+    for vhost in created:
+        ctl("delete_vhost", vhost)

@@ -4,11 +4,9 @@ with development keys of its own that `storeplane token` signs with."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -19,45 +17,9 @@ from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
 from storeplane_runtime.auth.client import with_bearer
 from storeplane_runtime.status import details_of
-from storeplane_runtime.testing import free_port, free_port_block, test_authority, wait_serving
+from storeplane_runtime.testing import free_port_block, test_authority, wait_serving
 
-SERVICES = {
-    "checkout": "pos.checkout.v1.CheckoutService",
-    "stock": "pos.stock.v1.StockService",
-    "customer": "pos.customer.v1.CustomerService",
-    "loyalty": "pos.loyalty.v1.LoyaltyService",
-}
-
-
-@pytest.fixture
-def distributed(make_postgres_url: Callable[[], str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    """The five processes, each its own child, the services on their own fresh PostgreSQL databases, all trusting
-    the test authority's keys."""
-    ports = {name: free_port() for name in ("gateway", *SERVICES)}
-    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    base = {
-        **os.environ,
-        "GRPC_HOST": "127.0.0.1",
-        "METRICS_PORT": "0",
-        "DATA_DIR": str(tmp_path),
-        "AUTH_JWKS_FILE": test_authority().jwks_file,
-    }
-    base.update({f"{name.upper()}_ADDR": addresses[name] for name in SERVICES})
-    children = []
-    try:
-        for name in (*SERVICES, "gateway"):
-            env = {**base, "GRPC_PORT": str(ports[name])}
-            if name != "gateway":
-                env["DATABASE_URL"] = make_postgres_url()
-            children.append(subprocess.Popen([sys.executable, "-m", name], env=env, cwd=tmp_path))
-        for address in addresses.values():
-            wait_serving(address)
-        yield addresses
-    finally:
-        for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            assert child.wait(timeout=30) == 0
+from .conftest import SERVICES
 
 
 def test_every_process_is_serving_and_lists_its_services(distributed: dict[str, str]) -> None:
