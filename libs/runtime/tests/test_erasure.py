@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, literal, select, union_all
 
 from storeplane_runtime.db import Database
-from storeplane_runtime.erasure import forget_sent_events, rewrite_answers
+from storeplane_runtime.erasure import forget_sent_events, forget_sent_events_of, rewrite_answers
 from storeplane_runtime.tables import idempotency_table, messaging_metadata, outbox_table
 
 
@@ -58,6 +58,20 @@ def test_sent_events_of_the_subject_go_and_nothing_else(database_url: str) -> No
         assert forget_sent_events(conn, "c-1") == 1
         left = conn.execute(select(outbox_table.c.event_id).order_by(outbox_table.c.event_id)).scalars().all()
     assert [e[-1] for e in left] == ["2", "3", "4"]
+    database.dispose()
+
+
+def test_sent_events_of_erased_subjects_go_in_batches(database_url: str) -> None:
+    database = _database(database_url)
+    with database.engine.begin() as conn:
+        events = [_event(n, "c-1", n != 3) for n in range(1, 6)] + [_event(9, "c-2", True), _event(10, "c-3", True)]
+        conn.execute(insert(outbox_table), events)
+        erased = union_all(select(literal("c-1")), select(literal("c-3")))
+        assert forget_sent_events_of(conn, select(erased.subquery().c[0]), 3) == 3
+        assert forget_sent_events_of(conn, select(erased.subquery().c[0]), 3) == 2
+        assert forget_sent_events_of(conn, select(erased.subquery().c[0]), 3) == 0
+        left = conn.execute(select(outbox_table.c.event_id).order_by(outbox_table.c.event_id)).scalars().all()
+    assert [int(e[-2:]) for e in left] == [3, 9]  # c-1's unsent row and c-2's stay
     database.dispose()
 
 
