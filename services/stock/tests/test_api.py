@@ -72,6 +72,12 @@ def test_all_or_nothing_shortfall_changes_nothing_and_lists_every_short_sku(shop
         "SOCK": "requested=3,available=2",
         "CAP": "requested=1,available=0",
     }
+    # The same shortfalls as google.rpc.PreconditionFailure, one violation per short SKU.
+    assert {(p.type, p.subject, p.description) for p in details.preconditions} == {
+        ("STOCK", "SHOE", "requested 9, available 5"),
+        ("STOCK", "SOCK", "requested 3, available 2"),
+        ("STOCK", "CAP", "requested 1, available 0"),
+    }
     assert level(shop.stub, "SHOE").reserved == 0 and level(shop.stub, "SOCK").reserved == 0
 
 

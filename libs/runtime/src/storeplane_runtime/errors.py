@@ -19,6 +19,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "PreconditionFailed",
+    "PreconditionViolation",
     "StoreNotAllowed",
     "Unavailable",
     "Violations",
@@ -36,6 +37,17 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition of a FAILED_PRECONDITION (google.rpc.PreconditionFailure): its `type` (a stable
+    UPPER_SNAKE kind, e.g. `STOCK`, `POINTS`, `TENDER`), the `subject` it concerns (`berlin-mitte/SKU-1`, a
+    customer id) and what is short, in words a cashier's screen can show."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class DomainError(Exception):
     """Base of every error a service's rules raise; `reason` is stable and machine-readable (UPPER_SNAKE)."""
 
@@ -48,6 +60,7 @@ class DomainError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
         violations: Sequence[FieldViolation] = (),
+        preconditions: Sequence[PreconditionViolation] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -55,6 +68,7 @@ class DomainError(Exception):
             self.reason = reason
         self.metadata = dict(metadata or {})
         self.violations = list(violations)
+        self.preconditions = list(preconditions)
 
 
 class InvalidInput(DomainError):

@@ -22,6 +22,7 @@ from storeplane_runtime.errors import (
     NotFound,
     PermissionDenied,
     PreconditionFailed,
+    PreconditionViolation,
     Unavailable,
 )
 
@@ -62,6 +63,7 @@ class ErrorMapper:
             domain=self.domain,
             metadata=exc.metadata,
             violations=exc.violations,
+            preconditions=exc.preconditions,
         )
 
 
@@ -73,10 +75,12 @@ def build_status(
     domain: str,
     metadata: Mapping[str, str] | None = None,
     violations: Sequence[FieldViolation] = (),
+    preconditions: Sequence[PreconditionViolation] = (),
     retry_delay_seconds: float | None = None,
 ) -> grpc.Status:
-    """A status with ErrorInfo (stable reason), for bad fields BadRequest details and, when the caller may try again
-    after a while (a rate limit), RetryInfo saying when."""
+    """A status with ErrorInfo (stable reason), for bad fields BadRequest details, for unmet preconditions (stock or
+    points short) PreconditionFailure details and, when the caller may try again after a while (a rate limit),
+    RetryInfo saying when."""
     details = []
     info = error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=dict(metadata or {}))
     packed = any_pb2.Any()
@@ -91,6 +95,18 @@ def build_status(
         )
         packed = any_pb2.Any()
         packed.Pack(bad)
+        details.append(packed)
+    if preconditions:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=p.type, subject=p.subject, description=p.description
+                )
+                for p in preconditions
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(failure)
         details.append(packed)
     if retry_delay_seconds is not None:
         delay = duration_pb2.Duration()
@@ -110,7 +126,8 @@ def _rpc_code(code: grpc.StatusCode) -> int:
 
 @dataclass(frozen=True)
 class ErrorDetails:
-    """What a client reads back out of a failed call: code, message, reason, field violations and when to retry."""
+    """What a client reads back out of a failed call: code, message, reason, field violations, unmet preconditions
+    and when to retry."""
 
     code: grpc.StatusCode
     message: str
@@ -118,6 +135,7 @@ class ErrorDetails:
     domain: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: tuple[FieldViolation, ...] = ()
+    preconditions: tuple[PreconditionViolation, ...] = ()  # from PreconditionFailure
     retry_delay_seconds: float | None = None  # from RetryInfo; None: the status gave none
 
 
@@ -126,6 +144,7 @@ def details_of(error: grpc.RpcError) -> ErrorDetails:
     call: grpc.Call = error  # type: ignore[assignment]
     status = rpc_status.from_call(call)
     reason, domain, metadata, violations = "", "", {}, []
+    preconditions: list[PreconditionViolation] = []
     retry_delay: float | None = None
     if status is not None:
         for detail in status.details:
@@ -137,6 +156,10 @@ def details_of(error: grpc.RpcError) -> ErrorDetails:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                preconditions = [PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations]
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
@@ -148,5 +171,6 @@ def details_of(error: grpc.RpcError) -> ErrorDetails:
         domain=domain,
         metadata=metadata,
         violations=tuple(violations),
+        preconditions=tuple(preconditions),
         retry_delay_seconds=retry_delay,
     )

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from stock.domain.levels import ChangeReason, Level, LevelChange
 from stock.domain.policy import MAX_LINE_QUANTITY, check_sku
-from storeplane_runtime.errors import PreconditionFailed, StoreNotAllowed, Violations
+from storeplane_runtime.errors import PreconditionFailed, PreconditionViolation, StoreNotAllowed, Violations
 
 
 class InsufficientStock(PreconditionFailed):
@@ -22,6 +22,10 @@ class InsufficientStock(PreconditionFailed):
         super().__init__(
             f"not enough stock for {len(shortfalls)} SKU(s): {listed}",
             metadata={s.sku: f"requested={s.requested},available={s.available}" for s in shortfalls},
+            preconditions=[
+                PreconditionViolation("STOCK", s.sku, f"requested {s.requested}, available {s.available}")
+                for s in shortfalls
+            ],
         )
         self.shortfalls = tuple(shortfalls)
 
