@@ -37,6 +37,9 @@ GRPC_SERVICE = {
 }
 
 
+PAGE_TOKEN_SERVICES = {"loyalty"}  # services whose list RPCs hand out page tokens (storeplane_runtime.paging)
+
+
 def _quantity(value: str | int) -> float:
     text = str(value)
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
@@ -236,7 +239,9 @@ def test_commands_and_migrations_before_start(
             assert not spec.get("initContainers"), "the gateway has no database and no migrate"
             assert not secret_env, "the gateway needs no database or broker credentials"
             continue
-        assert set(secret_env) == {"DATABASE_URL", "AMQP_URL"}, name
+        # Services with list RPCs also sign page tokens with a key every replica shares.
+        page_token_key = {"PAGE_TOKEN_KEY"} if name in PAGE_TOKEN_SERVICES else set()
+        assert set(secret_env) == {"DATABASE_URL", "AMQP_URL"} | page_token_key, name
         (init,) = spec["initContainers"]
         assert init["name"] == "migrate"
         assert init["image"] == container["image"], "migrations must come from the image that serves"
