@@ -8,9 +8,9 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
 - Serving: `app` (`ServiceApp`, `command_line`), `settings`, `server` (`ServiceRegistration`), `status` (domain
   errors to gRPC codes), `auth` (bearer tokens, the declared scopes and stores enforced; `auth.client` for callers),
   `identity` (who calls: `current_identity`, `check_owner` for resources named by id), `idempotency`
-  (`IdempotentCalls`: a mutating RPC in one line),
-  `batching` (group commit of a hot call), `imports` (client-streamed batch imports), `clients` (peer channels),
-  `paging` (AIP-158 page sizes and signed page tokens).
+  (`IdempotentCalls`: a mutating RPC in one line), `batching` (group commit of a hot call), `imports`
+  (client-streamed batch imports), `clients` (peer channels), `breaker` (`CircuitBreaker`: fail fast while a peer
+  is down), `paging` (AIP-158 page sizes and signed page tokens).
 - Storing: `db` (`Database`, `UnitOfWork`: state and outbox in one transaction), `tables` (the kit's tables),
   `sql` (dialect helpers), `erasure` (a customer's copies in the kit's tables), `migrations` (Alembic env and the
   kit's tables), `stores` (store configuration).
@@ -26,6 +26,7 @@ __all__ = [
     "app",
     "auth",
     "batching",
+    "breaker",
     "broadcast",
     "clients",
     "clock",
