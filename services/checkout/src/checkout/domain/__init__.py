@@ -1,0 +1,93 @@
+"""Checkout rules, plain Python (no gRPC, protobuf or SQL): every amount of a sale, from line tax and the points
+discount to tenders, cash rounding and refunds. Integer minor units throughout, never a float.
+
+Entry points: `price_basket` (a basket's amounts), `settle` (its payment), `plan_return` (a return's refunds).
+"""
+
+from checkout.domain.money import (
+    MAX_MINOR,
+    PPM,
+    check_fits,
+    largest_remainder,
+    round_half_away,
+    round_to_increment,
+    share_of,
+)
+from checkout.domain.pricing import (
+    DEFAULT_REDEMPTION_VALUES,
+    LineAmounts,
+    PointsNotRedeemable,
+    PricedLine,
+    Pricing,
+    Redemption,
+    RedemptionValue,
+    TaxBreakdown,
+    UnknownTaxClass,
+    apply_points,
+    check_lines,
+    line_amounts,
+    line_tax,
+    price_basket,
+    redemption_value,
+    tax_breakdown,
+    tax_rate,
+)
+from checkout.domain.refunds import (
+    LineRefund,
+    ReturnExceedsSold,
+    ReturnPlan,
+    line_refund,
+    plan_return,
+    refunded_per_tender,
+)
+from checkout.domain.tenders import (
+    PaidTender,
+    Settlement,
+    Tender,
+    TenderExceedsDue,
+    TenderInsufficient,
+    TenderKind,
+    check_tenders,
+    settle,
+)
+
+__all__ = [
+    "DEFAULT_REDEMPTION_VALUES",
+    "MAX_MINOR",
+    "PPM",
+    "LineAmounts",
+    "LineRefund",
+    "PaidTender",
+    "PointsNotRedeemable",
+    "PricedLine",
+    "Pricing",
+    "Redemption",
+    "RedemptionValue",
+    "ReturnExceedsSold",
+    "ReturnPlan",
+    "Settlement",
+    "TaxBreakdown",
+    "Tender",
+    "TenderExceedsDue",
+    "TenderInsufficient",
+    "TenderKind",
+    "UnknownTaxClass",
+    "apply_points",
+    "check_fits",
+    "check_lines",
+    "check_tenders",
+    "largest_remainder",
+    "line_amounts",
+    "line_refund",
+    "line_tax",
+    "plan_return",
+    "price_basket",
+    "redemption_value",
+    "refunded_per_tender",
+    "round_half_away",
+    "round_to_increment",
+    "settle",
+    "share_of",
+    "tax_breakdown",
+    "tax_rate",
+]
