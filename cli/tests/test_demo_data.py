@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from customer.domain import ProfileDraft, card_number_problem, check_registration
 from storeplane_cli import demo_data
+from storeplane_runtime.clock import utcnow
 from storeplane_runtime.stores import DEFAULT_STORES
 
 
@@ -43,4 +45,14 @@ def test_customers_have_unique_cards_and_known_home_stores() -> None:
     people = demo_data.customers()
     stores = {s.store_id for s in DEFAULT_STORES}
     assert len({p.loyalty_card_number for p in people}) == len(people)
-    assert all(p.home_store_id in stores and _ean_valid(p.loyalty_card_number) for p in people)
+    assert all(p.home_store_id in stores and card_number_problem(p.loyalty_card_number) is None for p in people)
+
+
+def test_customers_pass_the_customer_services_checks() -> None:
+    countries = {s.store_id: None for s in DEFAULT_STORES}  # international formats only: valid anywhere
+    for p in demo_data.customers():
+        draft = ProfileDraft(
+            p.given_name, p.family_name, p.email, p.phone, p.loyalty_card_number, None, None, p.home_store_id
+        )
+        profile = check_registration(draft, countries, now=utcnow())
+        assert (profile.email, profile.phone, profile.loyalty_card_number) == (p.email, p.phone, p.loyalty_card_number)

@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from customer.domain import luhn_check_digit
 from storeplane_runtime.stores import DEFAULT_STORES
 
 # Prices are set in EUR cents; other currencies follow by a factor in thousandths, minor unit to minor unit
@@ -60,6 +61,11 @@ def ean13(stem12: str) -> str:
     digits = [int(c) for c in stem12]
     total = sum(d * (3 if i % 2 else 1) for i, d in enumerate(digits))
     return stem12 + str((10 - total % 10) % 10)
+
+
+def loyalty_card(stem12: str) -> str:
+    """Append the Luhn check digit to 12 digits: a card number the customer service accepts (13 digits)."""
+    return stem12 + luhn_check_digit(stem12)
 
 
 def _price(eur_cents: int, currency: str) -> int:
@@ -119,7 +125,7 @@ def customers() -> list[DemoCustomer]:
             family_name=f,
             email=f"{g.lower()}.{f.lower()}@example.com",
             phone=f"+4930555{i:04d}",
-            loyalty_card_number=ean13(f"299{i:09d}"),
+            loyalty_card_number=loyalty_card(f"299{i:09d}"),
             home_store_id=store,
         )
         for i, (g, f, store) in enumerate(people, start=1)

@@ -1,31 +1,61 @@
-"""Wiring of the customer service: settings, database, gRPC host."""
+"""Wiring of the customer service: settings, database, servicer, event consumers, erasure sweeper."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pos.customer.v1 import customer_pb2, customer_pb2_grpc
+from customer import use_cases
+from customer.api import ERROR_TABLE, NAME, SERVICE_DESCRIPTOR, CustomerServicer
+from customer.consumers import customer_consumers
+from customer.queries import CustomerQueries
+from customer.settings import CustomerSettings, store_countries
+from pos.customer.v1 import customer_pb2_grpc
 from storeplane_runtime.app import ServiceApp, command_line
 from storeplane_runtime.db import Database
 from storeplane_runtime.server import ServiceRegistration
-from storeplane_runtime.settings import ServiceSettings
+from storeplane_runtime.stores import load_stores
+from storeplane_runtime.sweeps import Sweeper
 
-NAME = "customer"
-SERVICE = customer_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name
-
-
-class Settings(ServiceSettings):
-    """Settings of the customer service (see docs/conventions.md)."""
+Settings = CustomerSettings  # the name other tooling imports
+SERVICE = SERVICE_DESCRIPTOR.full_name
 
 
-def create_app(settings: Settings) -> ServiceApp:
+def create_app(settings: CustomerSettings) -> ServiceApp:
+    """The customer service, wired: its servicer and the consumer of checkout's sales and returns."""
+
     def registrations(database: Database) -> list[ServiceRegistration]:
-        # The business logic is not built yet: the generated base servicer answers UNIMPLEMENTED.
-        servicer = customer_pb2_grpc.CustomerServiceServicer()
-        return [ServiceRegistration(SERVICE, customer_pb2_grpc.add_CustomerServiceServicer_to_server, servicer)]
+        # A failed statement's error shows its parameters, and this service's are names, emails and phones: they
+        # never reach an error message or log line.
+        database.engine.hide_parameters = True
+        database.read_engine.hide_parameters = True
+        countries = store_countries(load_stores(), settings)
+        queries = CustomerQueries(database, export_page_size=settings.export_page_size)
+        servicer = CustomerServicer(database, settings, countries, queries)
+        add_servicer = customer_pb2_grpc.add_CustomerServiceServicer_to_server
+        return [ServiceRegistration(SERVICE, add_servicer, servicer)]
 
-    return ServiceApp.with_database(NAME, settings, registrations, package_file=__file__)
+    app = ServiceApp.with_database(
+        NAME,
+        settings,
+        registrations,
+        package_file=__file__,
+        error_table=ERROR_TABLE,
+        consumers=customer_consumers(),
+    )
+    assert app.database is not None
+    # Events unsent when their customer was erased (and the erasure events) leave the outbox once sent.
+    app.workers.append(
+        Sweeper(
+            "customer-erasures",
+            app.database,
+            use_cases.forget_erased,
+            interval=settings.erasure_sweep_seconds,
+            batch=settings.erasure_sweep_batch,
+            source=NAME,
+        )
+    )
+    return app
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    command_line(NAME, Settings, create_app, argv)
+    command_line(NAME, CustomerSettings, create_app, argv)
