@@ -84,3 +84,34 @@ def test_answers_are_rewritten_for_the_named_keys_only(database_url: str) -> Non
         rows = {f"{c}/{r}": body for c, r, body in conn.execute(select(t.c.caller, t.c.request_id, t.c.response))}
     assert rows == {"till-1/r1": b"tombstone", "till-1/r2": b"profile with email", "till-2/r1": b"profile with email"}
     database.dispose()
+
+
+def test_database_errors_never_show_row_values_or_parameters_in_logs(postgres_url: str) -> None:
+    """A unique violation's text names the value (PostgreSQL's DETAIL) and SQLAlchemy would add the parameters:
+    neither reaches a log line."""
+    import logging
+
+    from sqlalchemy import exc, text
+
+    from storeplane_runtime.driver import driver_execute
+    from storeplane_runtime.logs import JsonFormatter
+
+    database = Database(postgres_url)
+    secret = "anna.secret@example.org"
+    with database.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE people (email text PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO people VALUES (:e)"), {"e": secret})
+    for run in (
+        lambda conn: conn.execute(text("INSERT INTO people VALUES (:e)"), {"e": secret}),
+        lambda conn: driver_execute(conn, "INSERT INTO people VALUES (%(e)s)", {"e": secret}),
+    ):
+        with database.engine.connect() as conn, conn.begin():
+            try:
+                run(conn)
+            except exc.IntegrityError:
+                record = logging.LogRecord(
+                    "t", logging.ERROR, __file__, 1, "rpc failed", (), __import__("sys").exc_info()
+                )
+                line = JsonFormatter().format(record)
+        assert "IntegrityError" in line and secret not in line
+    database.dispose()

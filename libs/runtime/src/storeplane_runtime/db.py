@@ -41,7 +41,8 @@ class Database:
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # A failed statement's error never shows its parameters: they are customers' names, emails, card numbers.
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

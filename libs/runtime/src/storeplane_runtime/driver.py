@@ -28,6 +28,12 @@ def driver_execute(connection: Connection, sql: str, params: Mapping[str, Any] |
         if broken:
             connection.invalidate(error)
         raise exc.DBAPIError.instance(
-            sql, params, error, psycopg.Error, connection_invalidated=broken, dialect=connection.dialect
+            sql,
+            params,
+            error,
+            psycopg.Error,
+            hide_parameters=connection.engine.hide_parameters,
+            connection_invalidated=broken,
+            dialect=connection.dialect,
         ) from error
     return cursor

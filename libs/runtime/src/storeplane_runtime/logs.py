@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -31,8 +32,19 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = without_row_values(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
+
+
+# PostgreSQL explains a refused row with its values ("DETAIL:  Key (email)=(anna@example.com) already exists.",
+# "Failing row contains (…)"), and psycopg puts that into the error's text: a traceback of a database error would
+# carry a customer's data into the logs. SQLAlchemy's "[parameters: …]" part is off already (Database hides them).
+_ROW_VALUES = re.compile(r"^(\s*DETAIL:\s*).*$", re.MULTILINE)
+
+
+def without_row_values(text: str) -> str:
+    """`text` with the DETAIL lines of PostgreSQL errors (which quote row values) blanked."""
+    return _ROW_VALUES.sub(r"\1(row values not logged)", text)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -24,10 +24,6 @@ def create_app(settings: CustomerSettings) -> ServiceApp:
     """The customer service, wired: its servicer and the consumer of checkout's sales and returns."""
 
     def registrations(database: Database) -> list[ServiceRegistration]:
-        # A failed statement's error shows its parameters, and this service's are names, emails and phones: they
-        # never reach an error message or log line.
-        database.engine.hide_parameters = True
-        database.read_engine.hide_parameters = True
         countries = store_countries(load_stores(), settings)
         queries = CustomerQueries(database, export_page_size=settings.export_page_size)
         servicer = CustomerServicer(database, settings, countries, queries)

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, text
 from storeplane_runtime import telemetry
 from storeplane_runtime.clock import utcnow
 from storeplane_runtime.db import Database, UnitOfWork
+from storeplane_runtime.logs import without_row_values
 from storeplane_runtime.messaging.envelope import Envelope
 from storeplane_runtime.sql import insert_for, is_postgres
 from storeplane_runtime.tables import inbox_table
@@ -261,6 +262,7 @@ class InboxApplier:
             return self._failed(envelope, exc)
 
     def _failed(self, envelope: Envelope, exc: Exception) -> Outcome:
+        error = without_row_values(f"{type(exc).__name__}: {exc}")  # kept with a held event: no row values
         log.warning(
             "event handler failed",
             extra={
@@ -268,10 +270,10 @@ class InboxApplier:
                 "event_type": envelope.event_type,
                 "event_id": envelope.event_id,
                 "attempt": envelope.attempt,
-                "error": f"{type(exc).__name__}: {exc}",
+                "error": error,
             },
         )
-        return Outcome("failed", f"{type(exc).__name__}: {exc}"[:1000])
+        return Outcome("failed", error[:1000])
 
     def _record(self, conn: Connection, envelope: Envelope) -> bool:
         """Insert the inbox row; False when it was there already (the event was applied before)."""
