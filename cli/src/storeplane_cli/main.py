@@ -120,7 +120,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from storeplane_cli import events
+    from storeplane_cli import events, loyalty
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
@@ -156,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
 
     tokens.add_parsers(sub)
     events.add_parser(sub, parents=[common])
+    loyalty.add_parser(sub, parents=[common])
     return p
 
 
