@@ -4,7 +4,8 @@ The public API is the modules named in `__all__`, each with its own `__all__`; i
 (`from storeplane_runtime.errors import Violations`). This package imports nothing itself, so a domain module that
 imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC, protobuf or SQL.
 
-- Writing the rules: `errors` (domain errors, `Violations`), `clock` (`utcnow`, `as_utc`).
+- Writing the rules: `errors` (domain errors, `Violations`), `clock` (`utcnow`, `as_utc`), `money` (integer
+  roundings, largest-remainder splits, what points are worth).
 - Serving: `app` (`ServiceApp`, `command_line`), `settings`, `server` (`ServiceRegistration`), `status` (domain
   errors to gRPC codes), `auth` (bearer tokens, the declared scopes and stores enforced; `auth.client` for callers),
   `identity` (who calls: `current_identity`, `check_owner` for resources named by id), `idempotency`
@@ -39,6 +40,7 @@ __all__ = [
     "imports",
     "messaging",
     "migrations",
+    "money",
     "outbox",
     "paging",
     "server",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from loyalty.domain.policy import PPM, LoyaltyPolicy, Tier
+from loyalty.domain.policy import LoyaltyPolicy, Tier
+from storeplane_runtime.money import PPM, largest_remainder
 
 
 @dataclass(frozen=True)
@@ -27,20 +28,15 @@ def points_earned(amount_paid_minor: int, currency: str, tier: Tier, policy: Loy
 
 
 def allocate(total: int, weights: Sequence[int]) -> list[int]:
-    """`total` spread over `weights` in proportion by the largest-remainder method: the parts sum to `total`
-    exactly; ties go to the earlier weight. No weight (or all zero): everything to the first, or nothing."""
+    """`total` spread over `weights` in proportion (the kit's largest remainder: the parts sum to `total` exactly,
+    ties go to the earlier weight); negative weights count as 0. No weight (or all zero): everything to the first,
+    or nothing."""
     if not weights:
         return []
     clean = [max(0, w) for w in weights]
-    whole = sum(clean)
-    if whole == 0:
+    if sum(clean) == 0:
         return [total if i == 0 else 0 for i in range(len(clean))]
-    parts = [total * w // whole for w in clean]
-    remainders = [total * w % whole for w in clean]
-    short = total - sum(parts)
-    for i in sorted(range(len(clean)), key=lambda i: (-remainders[i], i))[:short]:
-        parts[i] += 1
-    return parts
+    return list(largest_remainder(total, clean))
 
 
 @dataclass(frozen=True)

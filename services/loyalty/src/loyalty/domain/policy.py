@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 
+from storeplane_runtime.money import DEFAULT_REDEMPTION_VALUES, RedemptionValue
+
 MAX_ID_LENGTH = 128
 MAX_CARD_LENGTH = 64
 MAX_NOTE_LENGTH = 500
 MAX_POINTS = 1_000_000_000  # a hold, a quote or an adjustment, in absolute value
-PPM = 1_000_000
 
 
 class Tier(Enum):
@@ -22,25 +23,12 @@ class Tier(Enum):
     GOLD = 3
 
 
-@dataclass(frozen=True)
-class RedemptionValue:
-    """`points` points are worth `minor` minor units of the currency (100 points = 1.00 EUR: 100 / 100)."""
-
-    points: int
-    minor: int
-
-
 DEFAULT_EARN_MINOR_PER_POINT = {"EUR": 100, "CHF": 100, "USD": 100, "JPY": 100}
 DEFAULT_MULTIPLIERS_PPM = {Tier.BRONZE: 1_000_000, Tier.SILVER: 1_250_000, Tier.GOLD: 1_500_000}
 # Minor units of 12-month spend a tier needs: Silver 500, Gold 1,500 major units (JPY x100, which has no minor unit).
 DEFAULT_SILVER_MINOR = {"EUR": 50_000, "CHF": 50_000, "USD": 50_000, "JPY": 50_000}
 DEFAULT_GOLD_MINOR = {"EUR": 150_000, "CHF": 150_000, "USD": 150_000, "JPY": 150_000}
-DEFAULT_REDEMPTION = {
-    "EUR": RedemptionValue(100, 100),
-    "CHF": RedemptionValue(100, 100),
-    "USD": RedemptionValue(100, 100),
-    "JPY": RedemptionValue(1, 1),
-}
+DEFAULT_REDEMPTION = DEFAULT_REDEMPTION_VALUES
 DEFAULT_HOLD_TTL = timedelta(minutes=30)
 MAX_HOLD_TTL = timedelta(hours=24)
 

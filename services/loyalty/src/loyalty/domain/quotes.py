@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import gcd
 
 from loyalty.domain.policy import LoyaltyPolicy
 from storeplane_runtime.errors import FieldViolation, InvalidInput
@@ -27,18 +26,15 @@ def quote(policy: LoyaltyPolicy, *, currency: str, points: int, available: int, 
             "no redemption value for this currency",
             violations=[FieldViolation("currency_code", f"points are not redeemable in {currency[:8]!r}")],
         )
-    step = value.points // gcd(value.points, value.minor)  # fewest points worth a whole number of minor units
-    asked = points - points % step
+    asked = points - points % value.step  # lowered to a multiple that buys whole minor units
     most = max(0, available)
     if basket_minor is not None:
-        most = min(most, max(0, basket_minor) * value.points // value.minor)
-    most -= most % step
-    return Quote(
-        asked, asked * value.minor // value.points, most, most * value.minor // value.points, max(0, available)
-    )
+        most = min(most, value.most_for(basket_minor))
+    most -= most % value.step
+    return Quote(asked, value.worth(asked), most, value.worth(most), max(0, available))
 
 
 def points_worth(policy: LoyaltyPolicy, currency: str, points: int) -> int:
     """Minor units `points` buy in `currency` (0 for a currency without a redemption value)."""
     value = policy.redemption.get(currency)
-    return 0 if value is None else points * value.minor // value.points
+    return 0 if value is None else value.worth(points)
