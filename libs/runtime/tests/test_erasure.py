@@ -115,3 +115,52 @@ def test_database_errors_never_show_row_values_or_parameters_in_logs(postgres_ur
                 line = JsonFormatter().format(record)
         assert "IntegrityError" in line and secret not in line
     database.dispose()
+
+
+def test_a_value_is_cleared_from_held_events_and_stored_answers_by_content(database_url: str) -> None:
+    from pos.checkout.v1 import events_pb2
+    from pos.loyalty.v1 import loyalty_pb2
+    from storeplane_runtime.erasure import scrub_value
+    from storeplane_runtime.tables import held_events_table
+
+    card = "2990000000017"
+    sale = events_pb2.SaleCompleted(sale_id="s-1", customer_id="c-1", loyalty_card_number=card, store_id="b")
+    other = events_pb2.SaleCompleted(sale_id="s-2", customer_id="c-2", loyalty_card_number="2990000000025")
+    answer = loyalty_pb2.GetAccountResponse(account=loyalty_pb2.Account(customer_id="c-1", loyalty_card_number=card))
+    database = _database(database_url)
+    with database.engine.begin() as conn:
+        held = [
+            {
+                "consumer": "loyalty",
+                "event_id": f"e-{i}",
+                "event_type": "pos.checkout.v1.SaleCompleted",
+                "source": "checkout",
+                "subject": "",
+                "store_id": "",
+                "payload": event.SerializeToString(),
+                "trace_headers": {},
+                "occurred_at": NOW,
+                "state": "parked",
+                "attempt": 3,
+                "due_at": None,
+                "reason": "boom",
+                "held_at": NOW,
+            }
+            for i, event in enumerate((sale, other))
+        ]
+        conn.execute(insert(held_events_table), held)
+        conn.execute(insert(idempotency_table), [{**_key("till-1", "r1"), "response": answer.SerializeToString()}])
+        decoders = {
+            "pos.checkout.v1.SaleCompleted": events_pb2.SaleCompleted.FromString,
+            "/pos.customer.v1.CustomerService/RegisterCustomer": loyalty_pb2.GetAccountResponse.FromString,
+        }
+        assert scrub_value(conn, card, decoders, answers=False) == 1
+        assert scrub_value(conn, card, decoders) == 1  # now the stored answer
+        payloads = dict(conn.execute(select(held_events_table.c.event_id, held_events_table.c.payload)).all())
+        stored = conn.execute(select(idempotency_table.c.response)).scalar_one()
+    kept = events_pb2.SaleCompleted.FromString(payloads["e-0"])
+    assert kept.loyalty_card_number == "" and (kept.sale_id, kept.customer_id, kept.store_id) == ("s-1", "c-1", "b")
+    assert events_pb2.SaleCompleted.FromString(payloads["e-1"]) == other
+    assert loyalty_pb2.GetAccountResponse.FromString(stored).account.customer_id == "c-1"
+    assert card.encode() not in stored
+    database.dispose()

@@ -13,19 +13,26 @@ Two kit tables can hold a copy of personal data a service once wrote:
   does not register the customer a second time).
 
 The service must know which of its requests touched the customer (the customer service records each
-(caller, request_id) with the customer id in its own table, and drops that record here too).
+(caller, request_id) with the customer id in its own table, and drops that record here too) — or find the copies by
+their content: `scrub_value` looks for a personal value (a card number) in the stored answers and in the events held
+for a retry or parked, decodes each copy, clears every string field equal to it and writes it back (loyalty does
+this on CustomerErased; it scans the 48 h of kept answers, which an erasure can afford).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, select, update
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from sqlalchemy import ColumnElement, LargeBinary, Select, and_, bindparam, delete, func, select, text, update
 from sqlalchemy.engine import Connection
 
-from storeplane_runtime.tables import idempotency_table, outbox_table
+from storeplane_runtime.sql import Db, is_postgres
+from storeplane_runtime.tables import held_events_table, idempotency_table, outbox_table
 
-__all__ = ["forget_sent_events", "forget_sent_events_of", "rewrite_answers"]
+__all__ = ["clear_value", "forget_sent_events", "forget_sent_events_of", "rewrite_answers", "scrub_value"]
 
 
 def forget_sent_events(conn: Connection, subject: str) -> int:
@@ -62,3 +69,64 @@ def rewrite_answers(conn: Connection, answers: Iterable[tuple[str, str, bytes]])
         return 0
     result = conn.execute(statement, rows)
     return int(result.rowcount)
+
+
+def clear_value(message: Message, value: str) -> bool:
+    """Clear every string field (nested ones too) equal to `value`; True when any was."""
+    changed = False
+    for field, content in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if field.is_repeated:
+                kept = [item for item in content if item != value]
+                if len(kept) != len(content):
+                    del content[:]
+                    content.extend(kept)
+                    changed = True
+            elif content == value:
+                message.ClearField(field.name)
+                changed = True
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = content if field.is_repeated else [content]
+            for item in items:
+                if not isinstance(item, Message):
+                    continue  # map entries of scalars
+                changed = clear_value(item, value) or changed
+    return changed
+
+
+def _containing(conn: Db, column: ColumnElement[Any], needle: bytes) -> ColumnElement[bool]:
+    if is_postgres(conn):
+        return text(f"position(:needle in {column.name}) > 0").bindparams(  # type: ignore[return-value]
+            bindparam("needle", needle, type_=LargeBinary)
+        )
+    return func.instr(column, needle) > 0
+
+
+def scrub_value(
+    conn: Db, value: str, decoders: Mapping[str, Callable[[bytes], Message]], *, answers: bool = True
+) -> int:
+    """Clear `value` from the held events and (with `answers`) the stored answers; returns how many rows were
+    rewritten. `decoders` parse a payload by its event type or a stored answer by its full method name; rows of
+    other types are left alone."""
+    needle = value.encode()
+    rewritten = 0
+    places = [(held_events_table, ["consumer", "event_id"], "event_type", "payload")]
+    if answers:
+        places.append((idempotency_table, ["caller", "request_id"], "method", "response"))
+    for table, key_columns, type_column, payload_column in places:
+        payload = table.c[payload_column]
+        keys = [table.c[k] for k in key_columns]
+        query = select(*keys, table.c[type_column], payload).where(_containing(conn, payload, needle))
+        for row in conn.execute(query).all():
+            decode = decoders.get(row[len(keys)])
+            if decode is None:
+                continue
+            try:
+                message = decode(bytes(row[-1]))
+            except DecodeError:
+                continue
+            if clear_value(message, value):
+                where = [key == row[i] for i, key in enumerate(keys)]
+                conn.execute(update(table).where(*where).values({payload_column: message.SerializeToString()}))
+                rewritten += 1
+    return rewritten

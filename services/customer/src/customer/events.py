@@ -7,9 +7,13 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 
 from customer.domain import CustomerErased, CustomerRegistered, CustomerUpdated
+from pos.checkout.v1 import events_pb2 as checkout_events
 from pos.customer.v1 import events_pb2
 
 CustomerEvent = CustomerRegistered | CustomerUpdated | CustomerErased
+
+# The events this service consumes, by type: an erasure clears the card number from copies held for a retry.
+CONSUMED = {e.DESCRIPTOR.full_name: e.FromString for e in (checkout_events.SaleCompleted, checkout_events.SaleReturned)}
 
 
 def event_message(event: CustomerEvent) -> tuple[Message, str]:

@@ -25,7 +25,7 @@ from customer.domain import (
 )
 from customer.events import CustomerEvent
 from storeplane_runtime.db import UnitOfWork
-from storeplane_runtime.erasure import forget_sent_events, rewrite_answers
+from storeplane_runtime.erasure import forget_sent_events, rewrite_answers, scrub_value
 from storeplane_runtime.errors import Unavailable
 from storeplane_runtime.event_ids import new_event_id
 from storeplane_runtime.idempotency import RETENTION
@@ -123,9 +123,9 @@ def erase_customer(
 ) -> Customer:
     """Erase the customer's personal data: the row keeps id, times and stats (every PII column NULL, so its email
     and phone are free again; its card number stays issued, never to be reused); the stored answers that showed the
-    profile become `answer(tombstone)` (a retry learns of the erasure and runs nothing again); the sent events about
-    the customer leave the outbox now, the unsent ones and CustomerErased itself once sent (`forget_erased`).
-    Erasing a tombstone changes nothing and publishes nothing."""
+    profile become `answer(tombstone)` (a retry learns of the erasure and runs nothing again); held sales lose the
+    card number; the sent events about the customer leave the outbox now, the unsent ones and CustomerErased itself
+    once sent (`forget_erased`). Erasing a tombstone changes nothing and publishes nothing."""
     conn = uow.connection
     current = storage.find_customer(conn, "id", customer_id, lock=True)
     if current is None:
@@ -139,6 +139,8 @@ def erase_customer(
         )
         storage.drop_requests(conn, customer_id)
         forget_sent_events(conn, customer_id)
+        if event.loyalty_card_number:  # sales held for a retry carry it (answers were rewritten above)
+            scrub_value(conn, event.loyalty_card_number, events.CONSUMED, answers=False)
         storage.mark_erasure_pending(conn, customer_id, now)
         _publish(uow, event)
     return tombstone
