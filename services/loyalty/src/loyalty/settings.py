@@ -40,7 +40,8 @@ class LoyaltySettings(ServiceSettings):
     loyalty_spend_window_months: int = Field(default=12, ge=1, le=120)
     hold_default_ttl_seconds: float = Field(default=DEFAULT_HOLD_TTL.total_seconds(), gt=0, le=24 * 3600)
     hold_max_ttl_seconds: float = Field(default=MAX_HOLD_TTL.total_seconds(), gt=0, le=7 * 24 * 3600)
-    # Sweepers: expired holds and lots (seconds), tiers (daily by default), rows per transaction.
+    # Sweepers: expired holds and lots (seconds), tiers (each account above Bronze is rechecked once a day; the
+    # sweep looks for due ones this often), rows per transaction.
     hold_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
     lot_sweep_seconds: float = Field(default=60.0, gt=0, le=86400)
     tier_sweep_seconds: float = Field(default=3600.0, gt=0, le=86400)
