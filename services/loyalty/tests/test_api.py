@@ -147,6 +147,9 @@ def test_holds_never_exceed_the_available_points(loyalty: RunningLoyalty) -> Non
     )
     assert (short.code, short.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_POINTS")
     assert short.metadata == {"requested": "101", "available": "100"}
+    assert [(p.type, p.subject, p.description) for p in short.preconditions] == [
+        ("POINTS", "cust-1", "requested 101, available 100")
+    ]
     hold(loyalty.stub, "basket-2", "cust-1", 100)
     assert loyalty.account("cust-1").available_points == 0
 

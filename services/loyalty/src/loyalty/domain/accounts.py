@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import Enum
 
 from loyalty.domain.policy import Tier
-from storeplane_runtime.errors import NotFound, PreconditionFailed
+from storeplane_runtime.errors import NotFound, PreconditionFailed, PreconditionViolation
 
 
 class AccountNotFound(NotFound):
@@ -17,9 +17,19 @@ class AccountNotFound(NotFound):
 
 
 class InsufficientPoints(PreconditionFailed):
-    """The available points (balance minus active holds) do not cover a hold, redemption or debit."""
+    """The available points (balance minus active holds) do not cover a hold, redemption or debit; also told as a
+    google.rpc.PreconditionFailure violation of type POINTS on the customer's account."""
 
     reason = "INSUFFICIENT_POINTS"
+
+    def __init__(self, customer_id: str, requested: int, available: int) -> None:
+        super().__init__(
+            f"{requested} points asked, {available} available",
+            metadata={"requested": str(requested), "available": str(available)},
+            preconditions=[
+                PreconditionViolation("POINTS", customer_id, f"requested {requested}, available {available}")
+            ],
+        )
 
 
 class AccountAnonymised(PreconditionFailed):
@@ -105,18 +115,11 @@ def plan_hold(
         raise AccountAnonymised("the account is anonymised")
     room = account.balance - (account.held_points - current)
     if points > current and points > room:
-        raise InsufficientPoints(
-            f"{points} points asked, {max(0, room)} available",
-            metadata={"requested": str(points), "available": str(max(0, room))},
-        )
+        raise InsufficientPoints(account.customer_id or "", points, max(0, room))
     return Hold(hold_id, account.account_id, store_id, points, HoldState.ACTIVE, expires_at)
 
 
 def check_debit(account: Account, points: int) -> None:
     """A manual debit may not take more than the available points (so active holds stay covered)."""
     if points > account.balance - account.held_points:
-        available = account.available
-        raise InsufficientPoints(
-            f"{points} points to remove, {available} available",
-            metadata={"requested": str(points), "available": str(available)},
-        )
+        raise InsufficientPoints(account.customer_id or "", points, account.available)
