@@ -389,8 +389,10 @@ ALLOWED_IMPORTS = {
     "__future__",
     "collections.abc",
     "dataclasses",
+    "datetime",  # baskets, sales and receipts carry times (never money)
     "enum",
     "math",
+    "zoneinfo",  # receipts print the store's local time
     "storeplane_runtime.errors",
     "storeplane_runtime.stores",
 }
