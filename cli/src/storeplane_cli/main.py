@@ -119,8 +119,23 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from storeplane_cli import demo
+
+    data_dir = Path(args.data_dir)
+    if not args.token and not tokens.has_dev_issuer(data_dir):
+        print(
+            f"storeplane demo: no development keys under {tokens.auth_dir(data_dir)} (give the stack's --data-dir, "
+            "or pass --token)",
+            file=sys.stderr,
+        )
+        return 2
+    token = args.token or tokens.dev_issuer(data_dir).mint(subject="storeplane-demo", ttl_seconds=600)
+    return demo.run(args.gateway or _layout(args).address("gateway"), token, args.store, sys.stdout)
+
+
 def parser() -> argparse.ArgumentParser:
-    from storeplane_cli import events, loyalty
+    from storeplane_cli import events, loyalty, offline
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
@@ -154,9 +169,17 @@ def parser() -> argparse.ArgumentParser:
     seed.add_argument("--token", default="", help="a bearer token to seed with instead")
     seed.set_defaults(func=cmd_seed)
 
+    demo = sub.add_parser("demo", parents=[common], help="ring up a sale through the gateway and print its receipt")
+    demo.add_argument("--gateway", default="", help="host:port of the gateway (default: from --host/--base-port)")
+    demo.add_argument("--data-dir", default=str(tokens.default_data_dir()), help="whose development keys sign")
+    demo.add_argument("--token", default="", help="a bearer token to ring up with instead")
+    demo.add_argument("--store", default="berlin-mitte", help="the store (a configured one with demo customers)")
+    demo.set_defaults(func=cmd_demo)
+
     tokens.add_parsers(sub)
     events.add_parser(sub, parents=[common])
     loyalty.add_parser(sub, parents=[common])
+    offline.add_parser(sub, parents=[common])
     return p
 
 

@@ -65,12 +65,20 @@ def config_for(script_location: Path, engine: Engine) -> Config:
     return cfg
 
 
+# CPython 3.11's parser is not safe to run in two threads at once (SystemError "AST constructor recursion depth
+# mismatch", seen here): the embedded stack starts its services on parallel threads, each reading its migrations.
+_PARSING = threading.Lock()
+
+
 def revisions(script_location: Path) -> dict[str, str | None]:
     """revision -> down_revision of every migration file, read without importing Alembic (fast start)."""
     found: dict[str, str | None] = {}
     for path in sorted((script_location / "versions").glob("*.py")):
         values: dict[str, object] = {}
-        for node in ast.parse(path.read_text()).body:
+        source = path.read_text()
+        with _PARSING:
+            tree = ast.parse(source)
+        for node in tree.body:
             if (
                 isinstance(node, ast.Assign)
                 and len(node.targets) == 1
