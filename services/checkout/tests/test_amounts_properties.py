@@ -394,13 +394,17 @@ ALLOWED_IMPORTS = {
     "math",
     "zoneinfo",  # receipts print the store's local time
     "storeplane_runtime.errors",
+    "storeplane_runtime.money",
     "storeplane_runtime.stores",
 }
 
 
 def domain_modules() -> list[Path]:
-    modules = sorted(DOMAIN.glob("*.py"))
-    assert modules
+    """Checkout's domain and the kit's money module it is built on."""
+    import storeplane_runtime.money
+
+    modules = [*sorted(DOMAIN.glob("*.py")), Path(storeplane_runtime.money.__file__)]
+    assert len(modules) > 1
     return modules
 
 

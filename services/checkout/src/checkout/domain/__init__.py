@@ -4,15 +4,6 @@ discount to tenders, cash rounding and refunds. Integer minor units throughout, 
 Entry points: `price_basket` (a basket's amounts), `settle` (its payment), `plan_return` (a return's refunds).
 """
 
-from checkout.domain.money import (
-    MAX_MINOR,
-    PPM,
-    check_fits,
-    largest_remainder,
-    round_half_away,
-    round_to_increment,
-    share_of,
-)
 from checkout.domain.pricing import (
     DEFAULT_REDEMPTION_VALUES,
     LineAmounts,
@@ -49,6 +40,15 @@ from checkout.domain.tenders import (
     TenderKind,
     check_tenders,
     settle,
+)
+from storeplane_runtime.money import (
+    MAX_MINOR,
+    PPM,
+    check_fits,
+    largest_remainder,
+    round_half_away,
+    round_to_increment,
+    share_of,
 )
 
 __all__ = [

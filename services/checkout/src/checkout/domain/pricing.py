@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from math import gcd
 
-from checkout.domain.money import PPM, check_fits, largest_remainder, round_half_away
 from storeplane_runtime.errors import FieldViolation, InvalidInput, PreconditionFailed, Violations
+from storeplane_runtime.money import (
+    DEFAULT_REDEMPTION_VALUES,
+    PPM,
+    RedemptionValue,
+    check_fits,
+    largest_remainder,
+    round_half_away,
+)
 from storeplane_runtime.stores import Store
 
 
@@ -27,41 +33,6 @@ class PointsNotRedeemable(PreconditionFailed):
     """Points have no redemption value in this currency."""
 
     reason = "POINTS_NOT_REDEEMABLE"
-
-
-@dataclass(frozen=True)
-class RedemptionValue:
-    """`points` points are worth `minor` minor units of a currency (100 points = 1.00 EUR is (100, 100))."""
-
-    points: int
-    minor: int
-
-    def __post_init__(self) -> None:
-        if self.points <= 0 or self.minor <= 0:
-            raise ValueError("a redemption value needs positive points and minor units")
-
-    @property
-    def step(self) -> int:
-        """The fewest points worth a whole number of minor units; redeemed points are a multiple of it."""
-        return self.points // gcd(self.points, self.minor)
-
-    def worth(self, points: int) -> int:
-        """Minor units `points` buy (exact for a multiple of `step`)."""
-        return points * self.minor // self.points
-
-    def most_for(self, amount: int) -> int:
-        """The most points whose worth fits in `amount` minor units, a multiple of `step`."""
-        most = max(0, amount) * self.points // self.minor
-        return most - most % self.step
-
-
-# The design's defaults; the service passes the configured values.
-DEFAULT_REDEMPTION_VALUES: Mapping[str, RedemptionValue] = {
-    "EUR": RedemptionValue(100, 100),
-    "CHF": RedemptionValue(100, 100),
-    "USD": RedemptionValue(100, 100),
-    "JPY": RedemptionValue(1, 1),
-}
 
 
 def redemption_value(currency: str, configured: Mapping[str, RedemptionValue] | None = None) -> RedemptionValue:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from checkout.domain.money import round_half_away, round_to_increment, share_of
 from checkout.domain.pricing import LineAmounts
 from checkout.domain.tenders import Settlement, Tender
 from storeplane_runtime.errors import PreconditionFailed, Violations
+from storeplane_runtime.money import round_half_away, round_to_increment, share_of
 
 
 class ReturnExceedsSold(PreconditionFailed):

@@ -10,8 +10,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from checkout.domain.money import round_to_increment
 from storeplane_runtime.errors import PreconditionFailed, Violations
+from storeplane_runtime.money import round_to_increment
 from storeplane_runtime.stores import Store
 
 
