@@ -37,7 +37,7 @@ GRPC_SERVICE = {
 }
 
 
-PAGE_TOKEN_SERVICES = {"loyalty"}  # services whose list RPCs hand out page tokens (storeplane_runtime.paging)
+PAGE_TOKEN_SERVICES = {"checkout", "loyalty"}  # services whose list RPCs hand out page tokens (storeplane_runtime.paging)
 
 
 def _quantity(value: str | int) -> float:
