@@ -192,11 +192,18 @@ def test_customer_erased_drops_checkouts_copies_of_their_personal_data(shop: tup
     request = checkout_pb2.CompleteSaleRequest(basket_id=basket.basket_id, tenders=[cash(1000)], request_id=key)
     assert till.stub.CompleteSale(request).sale.loyalty_card_number == CARD
     still_open = till.open()
-    attach(till, still_open.basket_id, loyalty_card_number=CARD)
+    attached_key = rid()
+    attached = checkout_pb2.AttachCustomerRequest(
+        basket_id=still_open.basket_id, request_id=attached_key, loyalty_card_number=CARD
+    )
+    shown = till.stub.AttachCustomer(attached).basket.customer
+    assert shown.display_name and shown.loyalty_card_number == CARD
     wait_until(lambda: unsent_events(running.database) == 0, what="the sale's event sent")
     erased = customer_events.CustomerErased(customer_id="cust-1", loyalty_card_number=CARD)
     assert deliver(running.app, erased) == "applied"
     assert till.stub.CompleteSale(request).sale.loyalty_card_number == ""  # the kept answer, scrubbed
+    again = till.stub.AttachCustomer(attached).basket.customer  # kept answers lose the display name too
+    assert again.customer_id == "cust-1" and again.display_name == "" and again.loyalty_card_number == ""
     customer = till.stub.GetBasket(checkout_pb2.GetBasketRequest(basket_id=still_open.basket_id)).basket.customer
     assert customer.customer_id == "cust-1" and customer.display_name == "" and customer.loyalty_card_number == ""
     assert published(running.database, events_pb2.SaleCompleted) == []  # sent rows about the customer are gone

@@ -32,7 +32,15 @@ from sqlalchemy.engine import Connection
 from storeplane_runtime.sql import Db, is_postgres
 from storeplane_runtime.tables import held_events_table, idempotency_table, outbox_table
 
-__all__ = ["clear_value", "forget_sent_events", "forget_sent_events_of", "rewrite_answers", "scrub_value"]
+__all__ = [
+    "clear_beside",
+    "clear_value",
+    "forget_sent_events",
+    "forget_sent_events_of",
+    "rewrite_answers",
+    "scrub_copies",
+    "scrub_value",
+]
 
 
 def forget_sent_events(conn: Connection, subject: str) -> int:
@@ -94,6 +102,27 @@ def clear_value(message: Message, value: str) -> bool:
     return changed
 
 
+def clear_beside(message: Message, key_field: str, key_value: str, fields: Iterable[str]) -> bool:
+    """In every (nested) message whose `key_field` is `key_value`, clear `fields` (e.g. beside `customer_id`, the
+    `display_name` and `loyalty_card_number` a basket showed); True when any was set."""
+    changed = False
+    names = message.DESCRIPTOR.fields_by_name
+    if key_field in names and getattr(message, key_field) == key_value:
+        for name in fields:
+            if name not in names:
+                continue
+            present = message.HasField(name) if names[name].has_presence else bool(getattr(message, name))
+            if present:
+                message.ClearField(name)
+                changed = True
+    for field, content in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in content if field.is_repeated else [content]:
+                if isinstance(item, Message):
+                    changed = clear_beside(item, key_field, key_value, fields) or changed
+    return changed
+
+
 def _containing(conn: Db, column: ColumnElement[Any], needle: bytes) -> ColumnElement[bool]:
     if is_postgres(conn):
         return text(f"position(:needle in {column.name}) > 0").bindparams(  # type: ignore[return-value]
@@ -108,7 +137,21 @@ def scrub_value(
     """Clear `value` from the held events and (with `answers`) the stored answers; returns how many rows were
     rewritten. `decoders` parse a payload by its event type or a stored answer by its full method name; rows of
     other types are left alone."""
-    needle = value.encode()
+    return scrub_copies(conn, value, decoders, lambda message: clear_value(message, value), answers=answers)
+
+
+def scrub_copies(
+    conn: Db,
+    needle: str,
+    decoders: Mapping[str, Callable[[bytes], Message]],
+    edit: Callable[[Message], bool],
+    *,
+    answers: bool = True,
+) -> int:
+    """Rewrite the held events and (with `answers`) stored answers whose bytes contain `needle` (a customer id, a
+    card number) by `edit`, which changes the decoded message in place and says whether it did; returns how many
+    rows were rewritten."""
+    found = needle.encode()
     rewritten = 0
     places = [(held_events_table, ["consumer", "event_id"], "event_type", "payload")]
     if answers:
@@ -116,7 +159,7 @@ def scrub_value(
     for table, key_columns, type_column, payload_column in places:
         payload = table.c[payload_column]
         keys = [table.c[k] for k in key_columns]
-        query = select(*keys, table.c[type_column], payload).where(_containing(conn, payload, needle))
+        query = select(*keys, table.c[type_column], payload).where(_containing(conn, payload, found))
         for row in conn.execute(query).all():
             decode = decoders.get(row[len(keys)])
             if decode is None:
@@ -125,7 +168,7 @@ def scrub_value(
                 message = decode(bytes(row[-1]))
             except DecodeError:
                 continue
-            if clear_value(message, value):
+            if edit(message):
                 where = [key == row[i] for i, key in enumerate(keys)]
                 conn.execute(update(table).where(*where).values({payload_column: message.SerializeToString()}))
                 rewritten += 1

@@ -2,7 +2,8 @@
 keep the customer id only (the tombstone key), so they need nothing; what remains is an open basket's customer
 snapshot (display name, loyalty card), the sent outbox rows of their sales (published with `subject=customer_id`;
 SaleCompleted carries the card), and the card in answers kept for request ids (CompleteSale, and every basket answer
-showing the customer), scrubbed by `storeplane_runtime.erasure.scrub_value`.
+showing the customer: the card, and the display name beside the customer id), scrubbed by
+`storeplane_runtime.erasure.scrub_value` and `scrub_copies`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from checkout.domain.baskets import Basket, BasketState, Customer
 from checkout.storage.tables import baskets
 from pos.checkout.v1 import checkout_pb2
 from storeplane_runtime.db import UnitOfWork
-from storeplane_runtime.erasure import forget_sent_events, scrub_value
+from storeplane_runtime.erasure import clear_beside, forget_sent_events, scrub_copies, scrub_value
 
 # Stored answers by RPC method (the only checkout copies scrub_value rewrites: checkout holds no customer events).
 DECODERS: Mapping[str, Callable[[bytes], Message]] = {
@@ -48,6 +49,9 @@ def erase_customer(uow: UnitOfWork, *, customer_id: str, card_number: str, now: 
             cleared += 1
     if card_number:
         scrub_value(conn, card_number, DECODERS)
+    if customer_id:  # the display name ("Anna S.") of every answer that showed the customer
+        personal = ("display_name", "loyalty_card_number")
+        scrub_copies(conn, customer_id, DECODERS, lambda m: clear_beside(m, "customer_id", customer_id, personal))
     return cleared
 
 
