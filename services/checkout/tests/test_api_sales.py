@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
+import pytest
 from checkout_kit import BERLIN, NEW_YORK, TOKYO, ZURICH, Till, card, cash, error_of, rid
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pos.checkout.v1 import checkout_pb2, events_pb2
 from storeplane_runtime.clock import utcnow
+from storeplane_runtime.status import details_of
 from storeplane_runtime.testing import RunningService, published, test_authority
 
 
@@ -71,6 +73,11 @@ def test_tenders_exceeding_or_short_of_the_amount_due_are_refused(till: Till) ->
         "TENDER_INSUFFICIENT",
     )
     assert error_of(lambda: till.complete(basket.basket_id))[1] == "TENDER_INSUFFICIENT"
+    with pytest.raises(grpc.RpcError) as short:  # the shortfall as google.rpc.PreconditionFailure
+        till.complete(basket.basket_id, card(500), cash(400))
+    assert [(p.type, p.description) for p in details_of(short.value).preconditions] == [
+        ("TENDER", "due 1000, short 100")
+    ]
     assert error_of(lambda: till.complete(basket.basket_id, cash(1000, "USD")))[0] == grpc.StatusCode.INVALID_ARGUMENT
     bad = checkout_pb2.Tender(type=checkout_pb2.TENDER_TYPE_UNSPECIFIED, amount=cash(1000).amount)
     assert error_of(lambda: till.complete(basket.basket_id, bad))[0] == grpc.StatusCode.INVALID_ARGUMENT

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from storeplane_runtime.errors import PreconditionFailed, Violations
+from storeplane_runtime.errors import PreconditionFailed, PreconditionViolation, Violations
 from storeplane_runtime.money import round_to_increment
 from storeplane_runtime.stores import Store
 
@@ -107,14 +107,19 @@ def settle(store: Store, total: int, tenders: Sequence[Tender]) -> Settlement:
             raise TenderExceedsDue(
                 f"tender {i} ({tender.kind.value}) is for {tender.amount}, only {left} is left due",
                 metadata={"tender_index": str(i), "amount": str(tender.amount), "left_due": str(left)},
+                preconditions=[
+                    PreconditionViolation("TENDER", f"tenders[{i}]", f"amount {tender.amount}, left due {left}")
+                ],
             )
         left -= tender.amount
     handed = sum(t.amount for t in tenders if t.is_cash)
     cash_due = round_to_increment(left, store.cash_rounding_minor) if handed else left
     if handed < cash_due:
+        due, short = total - left + cash_due, cash_due - handed
         raise TenderInsufficient(
-            f"the tenders leave {cash_due - handed} unpaid",
-            metadata={"amount_due": str(total - left + cash_due), "short": str(cash_due - handed)},
+            f"the tenders leave {short} unpaid",
+            metadata={"amount_due": str(due), "short": str(short)},
+            preconditions=[PreconditionViolation("TENDER", store.currency, f"due {due}, short {short}")],
         )
     paid = []
     cash_left = cash_due
