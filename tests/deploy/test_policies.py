@@ -37,7 +37,8 @@ GRPC_SERVICE = {
 }
 
 
-PAGE_TOKEN_SERVICES = {"checkout", "loyalty"}  # services whose list RPCs hand out page tokens (storeplane_runtime.paging)
+# Services whose list RPCs hand out page tokens (storeplane_runtime.paging).
+PAGE_TOKEN_SERVICES = {"checkout", "loyalty"}
 
 
 def _quantity(value: str | int) -> float:
