@@ -44,9 +44,10 @@ seed demo health: .venv/.synced libs/contracts/.generated
 	$(RUN) storeplane $@
 
 # The development issuer of the Tilt cluster (the Tiltfile runs this first): its key pair under
-# k8s/overlays/dev/issuer/auth (git-ignored), made once; the dev overlay ships only its public jwks.json.
+# k8s/overlays/dev/issuer/auth (git-ignored), made once; the dev overlay ships only its public jwks.json, and
+# checkout's own token for its calls to peers (auth/peer-tokens/checkout, minted again on every run).
 dev-issuer: .venv/.synced libs/contracts/.generated  ## keys for `tilt up`; tokens: storeplane token --data-dir k8s/overlays/dev/issuer
-	@$(RUN) storeplane keys --data-dir k8s/overlays/dev/issuer > /dev/null
+	@$(RUN) storeplane keys --data-dir k8s/overlays/dev/issuer --peer-tokens > /dev/null
 
 libs/contracts/.generated: $(PROTOS) scripts/gen_protos.py .venv/.synced
 	$(RUN) python scripts/gen_protos.py

@@ -164,3 +164,26 @@ def test_the_development_issuers_keys_are_never_committed() -> None:
         assert ignored.returncode == 0, f"{path} is not git-ignored"
         tracked = subprocess.run([git, "ls-files", "--error-unmatch", path], cwd=ROOT, capture_output=True, check=False)
         assert tracked.returncode != 0, f"{path} is committed"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_checkout_calls_its_peers_with_a_token_from_a_mounted_secret(
+    manifests: dict[str, Manifests], overlay: str
+) -> None:
+    """Checkout's AUTH_TOKEN_FILE lies on a whole-mounted volume of the Secret checkout-peer-token (dev: minted by
+    `make dev-issuer` for exactly the scopes checkout's calls need; prod: created by the operator)."""
+    m = manifests[overlay]
+    deployment = next(d for d in m.of_kind("Deployment") if d["metadata"]["name"] == "checkout")
+    path = _settings(m, deployment)["AUTH_TOKEN_FILE"]
+    (mount,) = [mt for mt in main_container(deployment)["volumeMounts"] if path.startswith(mt["mountPath"] + "/")]
+    assert not mount.get("subPath")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"].startswith("checkout-peer-token")
+    assert posixpath.basename(path) == "token"
+    if overlay == "dev":
+        (secret,) = [s for s in m.of_kind("Secret") if s["metadata"]["name"] == volume["secret"]["secretName"]]
+        token = base64.b64decode(secret["data"]["token"]).decode().strip()
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        from checkout.main import PEER_SCOPES
+
+        assert claims["sub"] == "checkout" and set(claims["scope"].split()) == set(PEER_SCOPES)

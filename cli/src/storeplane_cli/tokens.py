@@ -126,7 +126,17 @@ def _token_arguments(p: argparse.ArgumentParser) -> None:
 
 def _keys_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="DATA_DIR, default ./var")
+    p.add_argument(
+        "--peer-tokens",
+        action="store_true",
+        help="also write each calling service's own token to <data dir>/auth/peer-tokens/<service> (30 days)",
+    )
     p.set_defaults(func=cmd_keys)
+
+
+# The services that call peers, and the scopes of those calls (checkout.main.PEER_SCOPES; a test keeps them equal).
+PEER_SCOPES = {"checkout": ("stock.read", "stock.write", "customer.read", "loyalty.read", "loyalty.write")}
+PEER_TOKEN_TTL = 30 * 86_400.0
 
 
 COMMANDS = {
@@ -157,7 +167,16 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    print(dev_issuer(args.data_dir).jwks_file)
+    issuer = dev_issuer(args.data_dir)
+    if args.peer_tokens:  # what a cluster mounts as each caller's AUTH_TOKEN_FILE (the dev overlay's Secrets)
+        folder = auth_dir(args.data_dir) / "peer-tokens"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        for service, scopes in PEER_SCOPES.items():
+            token = issuer.mint(subject=service, scopes=scopes, stores=["*"], ttl_seconds=PEER_TOKEN_TTL)
+            path = folder / service
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+    print(issuer.jwks_file)
     return 0
 
 
