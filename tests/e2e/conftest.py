@@ -33,6 +33,63 @@ class Stack:
     databases: dict[str, str]
     amqp_url: str
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How each child was started (its environment and working directory), to start it again the same way.
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
+    directory: Path | None = None
+    # Children killed on purpose and not started again: their exit status is not a clean stop's.
+    killed: set[str] = field(default_factory=set)
+    # Children frozen (SIGSTOP): alive, holding their sockets open, answering nothing; thawed before the teardown.
+    frozen: set[str] = field(default_factory=set)
+    # host:port of each process's Prometheus metrics (start_stack(..., metrics=True); empty otherwise)
+    metrics: dict[str, str] = field(default_factory=dict)
+    # Where each child's stderr (its JSON log lines) goes, as `<name>.log`; None: the test's own stderr.
+    logs: Path | None = None
+
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the child `name` with its environment (its log file appended to, when logs are kept)."""
+        if self.logs is None:
+            return subprocess.Popen([sys.executable, "-m", name], env=self.environments[name], cwd=self.directory)
+        with open(self.logs / f"{name}.log", "ab") as stderr:  # the child keeps its own descriptor
+            return subprocess.Popen(
+                [sys.executable, "-m", name], env=self.environments[name], cwd=self.directory, stderr=stderr
+            )
+
+    def log_lines(self, name: str) -> list[str]:
+        """The lines the child `name` has written to stderr so far (logs kept only)."""
+        assert self.logs is not None, "start_stack(..., logs=...) keeps the children's logs"
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the child `name` (no shutdown of its own: no drain, no goodbye to the broker) and reap it."""
+        child = self.children[name]
+        self.killed.add(name)
+        child.kill()
+        child.wait(timeout=30)
+
+    def stop(self, name: str) -> None:
+        """SIGTERM the child `name` and wait until it has stopped cleanly."""
+        child = self.children[name]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 0, f"{name} did not stop cleanly"
+
+    def freeze(self, name: str) -> None:
+        """SIGSTOP the child `name`: a peer that hangs (connections accepted, no answers), not one that is gone."""
+        self.frozen.add(name)
+        self.children[name].send_signal(signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT the frozen child `name`: it goes on where it stopped."""
+        self.children[name].send_signal(signal.SIGCONT)
+        self.frozen.discard(name)
+
+    def restart(self, name: str) -> None:
+        """Start the stopped child `name` again as before (same environment, port and database); wait until it
+        serves."""
+        assert self.children[name].poll() is not None, f"{name} is still running"
+        self.children[name] = self.spawn(name)
+        self.killed.discard(name)
+        wait_serving(self.addresses[name], SERVICES.get(name, ""))
 
     def gateway(self, token: str | None = None) -> grpc.Channel:
         """A channel to the gateway whose calls carry `token` (default: every scope, every store)."""
@@ -40,8 +97,15 @@ class Stack:
 
 
 def start_stack(
-    make_postgres_url: Callable[[], str], tmp_path: Path, amqp_url: str = "", **env: str
+    make_postgres_url: Callable[[], str],
+    tmp_path: Path,
+    amqp_url: str = "",
+    logs: Path | None = None,
+    *,
+    metrics: bool = False,
+    **env: str,
 ) -> Iterator[Stack]:
+    """The stack for the test's life; with `logs`, each child's stderr goes to `<logs>/<name>.log`."""
     ports = {name: free_port() for name in ("gateway", *SERVICES)}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     base = {
@@ -55,21 +119,28 @@ def start_stack(
     if amqp_url:
         base["AMQP_URL"] = amqp_url
     base.update({f"{name.upper()}_ADDR": addresses[name] for name in SERVICES})
-    stack = Stack(addresses, {name: make_postgres_url() for name in SERVICES}, amqp_url)
+    stack = Stack(addresses, {name: make_postgres_url() for name in SERVICES}, amqp_url, directory=tmp_path, logs=logs)
     try:
         for name in (*SERVICES, "gateway"):
             child_env = {**base, "GRPC_PORT": str(ports[name])}
+            if metrics:  # each process's Prometheus metrics on a port of its own
+                metrics_port = free_port()
+                child_env["METRICS_PORT"] = str(metrics_port)
+                stack.metrics[name] = f"127.0.0.1:{metrics_port}"
             if name != "gateway":
                 child_env["DATABASE_URL"] = stack.databases[name]
-            stack.children[name] = subprocess.Popen([sys.executable, "-m", name], env=child_env, cwd=tmp_path)
+            stack.environments[name] = child_env
+            stack.children[name] = stack.spawn(name)
         for address in addresses.values():
             wait_serving(address)
         yield stack
     finally:
+        for name in list(stack.frozen):
+            stack.thaw(name)
         for child in stack.children.values():
             child.send_signal(signal.SIGTERM)
         for name, child in stack.children.items():
-            assert child.wait(timeout=30) == 0, f"{name} did not stop cleanly"
+            assert child.wait(timeout=30) == 0 or name in stack.killed, f"{name} did not stop cleanly"
 
 
 @pytest.fixture
