@@ -12,13 +12,15 @@ from types import TracebackType
 from typing import Any, Self
 
 from google.protobuf.message import Message
+from opentelemetry import trace
 from sqlalchemy import Connection, Engine, RootTransaction, create_engine, event, exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from storeplane_runtime import outbox
+from storeplane_runtime.telemetry import statement_span
 
-__all__ = ["Database", "RequestIdTaken", "UnitOfWork"]
+__all__ = ["Database", "RequestIdTaken", "UnitOfWork", "trace_statements"]
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,58 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_statements_traced = False
+_SPAN_KEY = "storeplane_statement_span"
+
+
+def trace_statements() -> None:
+    """Make a span of every statement SQLAlchemy runs, on every engine (made already or later). Called once by
+    `telemetry.configure_tracing` when spans are exported; not installed otherwise, so it costs nothing then."""
+    global _statements_traced
+    if _statements_traced:
+        return
+    _statements_traced = True
+    for name, listener in _STATEMENT_LISTENERS:
+        event.listen(Engine, name, listener)
+
+
+def untrace_statements() -> None:
+    """Undo `trace_statements` (tests)."""
+    global _statements_traced
+    if not _statements_traced:
+        return
+    _statements_traced = False
+    for name, listener in _STATEMENT_LISTENERS:
+        event.remove(Engine, name, listener)
+
+
+def _before_statement(conn: Connection, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool) -> None:
+    span = statement_span(statement, conn.dialect.name, conn.engine.url.database)
+    if span is not None:
+        conn.info[_SPAN_KEY] = span
+
+
+def _after_statement(conn: Connection, *_args: Any) -> None:
+    span = conn.info.pop(_SPAN_KEY, None)
+    if span is not None:
+        span.end()
+
+
+def _statement_failed(context: ExceptionContext) -> None:
+    conn = context.connection
+    span = conn.info.pop(_SPAN_KEY, None) if conn is not None else None
+    if span is not None:
+        span.set_status(trace.StatusCode.ERROR, type(context.original_exception).__name__)
+        span.end()
+
+
+_STATEMENT_LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("before_cursor_execute", _before_statement),
+    ("after_cursor_execute", _after_statement),
+    ("handle_error", _statement_failed),
+)
 
 
 class RequestIdTaken(Exception):

@@ -6,8 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from opentelemetry import trace
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, exc
+
+from storeplane_runtime import telemetry
 
 __all__ = ["driver_execute"]
 
@@ -21,9 +24,13 @@ def driver_execute(connection: Connection, sql: str, params: Mapping[str, Any] |
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection), "PostgreSQL only"
     cursor = raw.cursor(row_factory=namedtuple_row)
+    # SQLAlchemy's statement events do not see this: its own span, when spans are exported (one flag read if not).
+    span = telemetry.statement_span(sql, "postgresql", raw.info.dbname) if telemetry.tracing_exported() else None
     try:
         cursor.execute(sql, params)
     except psycopg.Error as error:
+        if span is not None:
+            span.set_status(trace.StatusCode.ERROR, type(error).__name__)
         broken = raw.closed or raw.broken
         if broken:
             connection.invalidate(error)
@@ -36,4 +43,7 @@ def driver_execute(connection: Connection, sql: str, params: Mapping[str, Any] |
             connection_invalidated=broken,
             dialect=connection.dialect,
         ) from error
+    finally:
+        if span is not None:
+            span.end()
     return cursor

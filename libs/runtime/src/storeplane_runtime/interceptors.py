@@ -114,10 +114,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 self._abort(exc, context, service, name)
                 raise  # unreachable: _abort always raises
             finally:
+                self._record(context, service, name, started)  # in the call's trace context: its log line has the ids
                 if trace_token is not None:
                     otel_context.detach(trace_token)
                 reset_deadline(token)
-                self._record(context, service, name, started)
 
         return handle
 
@@ -131,10 +131,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             except Exception as exc:
                 self._abort(exc, context, service, name)
             finally:
+                self._record(context, service, name, started)  # in the call's trace context: its log line has the ids
                 if trace_token is not None:
                     otel_context.detach(trace_token)
                 reset_deadline(token)
-                self._record(context, service, name, started)
 
         return handle
 

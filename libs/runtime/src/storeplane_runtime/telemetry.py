@@ -1,7 +1,10 @@
 """OpenTelemetry tracing and Prometheus metrics shared by every process.
 
 Tracing is configured by the standard OTEL_* variables: with OTEL_EXPORTER_OTLP_ENDPOINT set, spans go out
-by OTLP/HTTP; without it they are made (so trace ids reach logs and messages) but not exported.
+by OTLP/HTTP; without it no spans are recorded (trace ids still reach logs and messages). Sampling follows
+OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default `parentbased_always_on`: a caller's sampled trace stays
+sampled). When exporting, the hops of the kit make spans: gRPC server and client, SQL statements (`db`, `driver`),
+the relay's `publish pos.events` and the consumers' `process pos.events`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from storeplane_runtime.settings import SettingsError
 
 __all__ = [
     "BATCH_CALLS",
@@ -32,10 +37,16 @@ __all__ = [
     "RPC_LATENCY",
     "configure_tracing",
     "serve_metrics",
+    "statement_span",
     "tracing_exported",
 ]
 
+# Messaging semantic conventions (https://opentelemetry.io/docs/specs/semconv/messaging/): the exchange every event
+# goes to, as `messaging.destination.name`.
+DESTINATION = "pos.events"
+
 log = logging.getLogger(__name__)
+_sql_tracer = trace.get_tracer("storeplane.sql")
 _lock = threading.Lock()
 _configured = False
 _exporting = False
@@ -86,8 +97,8 @@ ROWS_PRUNED = Counter(
 
 def configure_tracing(service_name: str) -> None:
     """Install the tracer provider once per process. The exporter follows the standard variables:
-    OTEL_TRACES_EXPORTER (otlp, console, none) and OTEL_EXPORTER_OTLP_ENDPOINT; with neither set, spans are
-    made (trace ids reach logs and messages) but not exported."""
+    OTEL_TRACES_EXPORTER (otlp, console, none) and OTEL_EXPORTER_OTLP_ENDPOINT; with neither set, no span is
+    recorded (trace ids still reach logs and messages). Exporting also turns on the SQL statement spans."""
     global _configured, _exporting
     with _lock:
         if _configured:
@@ -95,11 +106,20 @@ def configure_tracing(service_name: str) -> None:
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
         exporters = {e.strip() for e in os.environ.get("OTEL_TRACES_EXPORTER", "").lower().split(",") if e.strip()}
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        exporting = "otlp" in exporters or "console" in exporters or bool(endpoint and not exporters)
+        otlp = "otlp" in exporters or bool(endpoint and not exporters)
+        exporting = otlp or "console" in exporters
+        protocol = (
+            os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+        ).strip()
+        if otlp and protocol not in ("", "http/protobuf"):
+            # Only the OTLP/HTTP exporter is installed: sending HTTP to a gRPC port would lose every span silently.
+            raise SettingsError(
+                f"{service_name}: bad setting: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} (only http/protobuf is supported)"
+            )
         # With nowhere to send spans, do not record them: trace ids are still made and propagated (logs, events),
         # at a fraction of the cost per call.
         provider = TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
-        if "otlp" in exporters or (endpoint and not exporters):
+        if otlp:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
@@ -109,6 +129,30 @@ def configure_tracing(service_name: str) -> None:
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         trace.set_tracer_provider(provider)
         _configured, _exporting = True, exporting
+    if exporting:
+        from storeplane_runtime.db import trace_statements
+
+        trace_statements()
+
+
+def statement_span(statement: str, system: str, namespace: str | None) -> trace.Span | None:
+    """A started CLIENT span for one SQL statement (database semantic conventions), or None outside a recorded
+    span: a statement belongs to the call or event it serves (the relay's polls make no traces of their own).
+    The text has placeholders, never values."""
+    if not trace.get_current_span().is_recording():
+        return None
+    operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+    attributes = {
+        "db.system.name": system,
+        "db.system": system,
+        "db.operation.name": operation,
+        "db.query.text": statement[:2000],
+    }
+    name = operation
+    if namespace:
+        attributes["db.namespace"] = namespace
+        name = f"{operation} {namespace}"
+    return _sql_tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
 
 
 def tracing_exported() -> bool:

@@ -36,6 +36,7 @@ from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY, tracing_expor
 __all__ = ["MethodKind", "Router", "backend_channel", "descriptor_method_kind", "split_method"]
 
 log = logging.getLogger(__name__)
+_rpc_log = logging.getLogger("storeplane.rpc")
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -178,11 +179,21 @@ class _Observed:
         self._handled: dict[grpc.StatusCode, Any] = {}
 
     def done(self, started: float, code: grpc.StatusCode) -> None:
-        self._latency.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._latency.observe(elapsed)
         counter = self._handled.get(code)
         if counter is None:
             counter = self._handled[code] = RPC_HANDLED.labels(self._service, self._name, code.name)
         counter.inc()
+        if _rpc_log.isEnabledFor(logging.DEBUG):  # one line per call, as the services' interceptor writes
+            _rpc_log.debug(
+                "rpc",
+                extra={
+                    "grpc_method": f"{self._service}/{self._name}",
+                    "grpc_code": code.name,
+                    "ms": round(elapsed * 1e3, 3),
+                },
+            )
 
 
 def _code_of(error: grpc.RpcError) -> grpc.StatusCode:

@@ -29,6 +29,8 @@ class AmqpPublisher:
     Not thread-safe: used by the relay thread only (except `interrupt`).
     """
 
+    messaging_system = "rabbitmq"  # `messaging.system` of the relay's publish spans
+
     def __init__(
         self, url: str, *, app_id: str, heartbeat: int = 30, confirm_timeout: float = 30.0, connect_timeout: float = 5.0
     ) -> None:

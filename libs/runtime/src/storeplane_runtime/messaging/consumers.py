@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from sqlalchemy import Connection, text
 
@@ -102,6 +101,27 @@ class Outcome:
         return self.status == "failed"
 
 
+# A batch that hits a deadlock or a serialization failure is run again at once, this many times, before its events
+# are taken one by one (where the one that still fails waits for its retry). Two transactions that lock the same
+# rows in different orders (a consumer's batch of sales and a Reserve, say) are nobody's fault: PostgreSQL aborts
+# one, and running it again succeeds.
+TRANSIENT_RETRIES = 3
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+
+
+def transient(exc: BaseException) -> bool:
+    """A database error that running the same transaction again cures (deadlock, serialization failure)."""
+    while exc is not None:
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+class _Transient(Exception):
+    """The batch's transaction was aborted by the database (deadlock): run it again."""
+
+
 class _HandlerFailed(Exception):
     """A handler raised in the fast path: the batch is applied again event by event."""
 
@@ -117,6 +137,7 @@ class InboxApplier:
     def __init__(self, database: Database, consumers: Consumers) -> None:
         self.database = database
         self.consumers = consumers
+        self.messaging_system = "rabbitmq"  # `messaging.system` of its `process` spans (the bus it is fed by)
 
     def apply(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         """Apply in one transaction. Raises when the database itself fails (then nothing was applied).
@@ -124,11 +145,16 @@ class InboxApplier:
         Fast path: one multi-row inbox insert, the handlers, one commit. If a handler fails, the batch is rolled
         back and applied again with a savepoint per event, so only the failing event is left out.
         """
-        try:
-            outcomes = self._apply_batch(envelopes)
-        except _HandlerFailed as failure:
-            # The failing event is not run again (that would be a second attempt within one delivery).
-            outcomes = self._apply_with_savepoints(envelopes, {failure.index: failure.outcome})
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                outcomes = self._apply_batch(envelopes, may_retry=attempt < TRANSIENT_RETRIES)
+                break
+            except _Transient:
+                log.info("event batch aborted by the database, running it again", extra={"attempt": attempt + 1})
+            except _HandlerFailed as failure:
+                # The failing event is not run again (that would be a second attempt within one delivery).
+                outcomes = self._apply_with_savepoints(envelopes, {failure.index: failure.outcome})
+                break
         done = utcnow()
         name = self.consumers.name
         # Metric children are looked up once per (type, outcome) of the batch, not once per event.
@@ -157,7 +183,7 @@ class InboxApplier:
                 uow.commit()
         return outcomes
 
-    def _apply_batch(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+    def _apply_batch(self, envelopes: Sequence[Envelope], *, may_retry: bool = False) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(envelopes)
         events: dict[int, Message] = {}
         for i, envelope in enumerate(envelopes):
@@ -182,6 +208,8 @@ class InboxApplier:
                 try:
                     self._handle(uow, envelope, event)
                 except Exception as exc:
+                    if may_retry and transient(exc):
+                        raise _Transient() from exc
                     raise _HandlerFailed(i, self._failed(envelope, exc)) from exc
                 outcomes[i] = Outcome(APPLIED)
             if first_seen:
@@ -190,21 +218,40 @@ class InboxApplier:
 
     def _handle(self, uow: UnitOfWork, envelope: Envelope, event: Message) -> None:
         registration = self.consumers.registrations[envelope.event_type]
-        token = otel_context.attach(propagate.extract(dict(envelope.trace_headers)))
-        try:
-            with tracer.start_as_current_span(
-                f"{envelope.event_type} process",
-                kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "rabbitmq",
-                    "messaging.operation": "process",
-                    "messaging.message.id": envelope.event_id,
-                    "messaging.consumer.group.name": self.consumers.name,
-                },
-            ):
-                registration.handle(uow, event)
-        finally:
-            otel_context.detach(token)
+        # The span `process pos.events` (messaging semantic conventions) is a child of the context the message
+        # carries (the relay's publish span, or the producing call) and, when spans are exported, linked to it too.
+        parent = propagate.extract(envelope.trace_headers)
+        links: tuple[trace.Link, ...] = ()
+        if telemetry.tracing_exported():
+            producer = trace.get_current_span(parent).get_span_context()
+            if producer.is_valid:
+                links = (trace.Link(producer),)
+        with tracer.start_as_current_span(
+            f"process {telemetry.DESTINATION}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": self.messaging_system,
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": telemetry.DESTINATION,
+                "messaging.rabbitmq.destination.routing_key": envelope.event_type,
+                "messaging.message.id": envelope.event_id,
+                "messaging.consumer.group.name": self.consumers.name,
+            },
+        ):
+            registration.handle(uow, event)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "event handled",
+                    extra={
+                        "consumer": self.consumers.name,
+                        "event_type": envelope.event_type,
+                        "event_id": envelope.event_id,
+                        "attempt": envelope.attempt,
+                    },
+                )
 
     def _record_many(self, conn: Connection, envelopes: Sequence[Envelope]) -> set[str]:
         """Insert the inbox rows; returns the event ids that were not there before."""

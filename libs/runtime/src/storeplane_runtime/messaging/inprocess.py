@@ -145,6 +145,8 @@ BUS = InProcessBus()
 class InProcessPublisher:
     """The relay's `Publisher` on the in-process bus."""
 
+    messaging_system = "storeplane_inprocess"  # `messaging.system` of the relay's publish spans
+
     def __init__(self, bus: InProcessBus = BUS, *, settle_timeout: float = 10.0) -> None:
         self.bus = bus
         self.settle_timeout = settle_timeout
@@ -178,6 +180,7 @@ class InProcessConsumer(ThreadWorker):
         self, applier: InboxApplier, *, bus: InProcessBus = BUS, settings: MessagingSettings | None = None
     ) -> None:
         self.applier = applier
+        applier.messaging_system = InProcessPublisher.messaging_system  # what its `process` spans say
         self.bus = bus
         self.settings = settings or MessagingSettings()
         self.name = applier.consumers.name

@@ -13,9 +13,11 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Protocol
 
+from opentelemetry import propagate, trace
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from storeplane_runtime import telemetry
@@ -29,6 +31,7 @@ from storeplane_runtime.sql import is_postgres
 from storeplane_runtime.tables import outbox_table
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("storeplane.messaging")
 
 # What a `Publisher` reports per event besides an error text: the bus took it, or no queue is bound to its type.
 OK = "ok"
@@ -173,7 +176,7 @@ class OutboxRelay:
                     rows = self._select(conn)
                 if not rows:
                     return 0
-                results = self.publisher.publish(_envelopes(rows))
+                results = self._publish(_envelopes(rows))
                 with conn.begin():
                     self._mark(conn, rows, results)
                 return len(rows)
@@ -181,9 +184,53 @@ class OutboxRelay:
             rows = self._select(conn)
             if not rows:
                 return 0
-            results = self.publisher.publish(_envelopes(rows))
+            results = self._publish(_envelopes(rows))
             self._mark(conn, rows, results)
             return len(rows)
+
+    def _publish(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Publish through the publisher; when spans are exported, each event in a PRODUCER span `publish pos.events`
+        (messaging semantic conventions), a child of the operation that wrote the event (its `traceparent`), whose
+        context the message carries on: the consumers' spans are its children."""
+        if not telemetry.tracing_exported():
+            return self.publisher.publish(envelopes)
+        system = getattr(self.publisher, "messaging_system", "rabbitmq")
+        spans: list[trace.Span] = []
+        sent: list[Envelope] = []
+        for envelope in envelopes:
+            span = tracer.start_span(
+                f"publish {telemetry.DESTINATION}",
+                context=propagate.extract(envelope.trace_headers),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": system,
+                    "messaging.operation.name": "publish",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": telemetry.DESTINATION,
+                    "messaging.rabbitmq.destination.routing_key": envelope.event_type,
+                    "messaging.message.id": envelope.event_id,
+                    "messaging.batch.message_count": len(envelopes),
+                },
+            )
+            spans.append(span)
+            if span.is_recording():
+                headers = dict(envelope.trace_headers)
+                propagate.inject(headers, context=trace.set_span_in_context(span))
+                envelope = replace(envelope, trace_headers=headers)
+            sent.append(envelope)
+        try:
+            results = self.publisher.publish(sent)
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+                span.end()
+            raise
+        for span, result in zip(spans, results, strict=True):
+            if result != OK:
+                span.set_status(trace.StatusCode.ERROR, result)
+            span.end()
+        return results
 
     def _select(self, conn: Connection) -> Sequence[Sequence[Any]]:
         """Unsent rows as tuples of `_COLUMNS`, oldest first; on PostgreSQL locked (SKIP LOCKED) for this pass."""
