@@ -414,3 +414,26 @@ def _duplicates(consumer: str) -> float:
     from storeplane_runtime import telemetry
 
     return telemetry.EVENTS_CONSUMED.labels(consumer, SALE, "duplicate")._value.get()
+
+
+def test_unroutable_events_are_each_reported_but_logged_once_a_minute_per_type(
+    rabbitmq: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = AmqpPublisher(rabbitmq, app_id="stock")
+    try:
+        envelopes = [
+            Envelope(
+                event_id=f"e-quiet-{i}",
+                event_type="pos.nobody.v1.Listens",
+                source="stock",
+                payload=b"",
+                occurred_at=datetime.now(UTC),
+            )
+            for i in range(5)
+        ]
+        with caplog.at_level("WARNING", logger="storeplane_runtime.messaging.amqp_publisher"):
+            assert publisher.publish(envelopes[:3]) == ["unroutable"] * 3
+            assert publisher.publish(envelopes[3:]) == ["unroutable"] * 2
+    finally:
+        publisher.close()
+    assert [r.getMessage() for r in caplog.records] == ["event unroutable"]

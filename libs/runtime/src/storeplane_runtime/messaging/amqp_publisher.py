@@ -20,6 +20,8 @@ from storeplane_runtime.messaging.topology import declare_exchange
 
 log = logging.getLogger(__name__)
 
+UNROUTABLE_LOG_SECONDS = 60.0
+
 
 class AmqpPublisher:
     """Publishes to `pos.events` with publisher confirms, all messages of a batch in flight at once.
@@ -49,6 +51,7 @@ class AmqpPublisher:
         self._results: list[str] = []
         self._returned: set[str] = set()
         self._lock = threading.Lock()
+        self._unroutable_told: dict[str, float] = {}  # event type -> when it was last logged
 
     def connect(self) -> None:
         if self._connection is not None and self._connection.is_open and self._channel is not None:
@@ -115,7 +118,13 @@ class AmqpPublisher:
     def _on_return(self, _channel: Any, method: Any, properties: pika.BasicProperties, _body: bytes) -> None:
         # basic.return precedes the basic.ack of an unroutable mandatory message.
         self._returned.add(str(properties.message_id))
-        log.warning("event unroutable", extra={"event_type": properties.type, "reply": method.reply_text})
+        # Once a minute per event type: a type nobody consumes (yet) would otherwise log every event it publishes.
+        # Each one is counted in storeplane_events_unroutable_total and its outbox row marked.
+        now = time.monotonic()
+        event_type = str(properties.type)
+        if now - self._unroutable_told.get(event_type, -UNROUTABLE_LOG_SECONDS) >= UNROUTABLE_LOG_SECONDS:
+            self._unroutable_told[event_type] = now
+            log.warning("event unroutable", extra={"event_type": event_type, "reply": method.reply_text})
 
     def idle(self, seconds: float, wake: threading.Event) -> None:
         connection = self._connection
