@@ -186,3 +186,28 @@ def test_the_evaluator_itself() -> None:
     assert not cluster.allowed(Source(pod_labels={"app": "b"}, namespace="elsewhere"), "a", "web")
     assert cluster.allowed(cluster.pod("c"), "b", "web")
     assert pod_spec(m.get("Deployment", "a"))["containers"]
+
+
+def test_dev_observability_flows(manifests: dict[str, Manifests]) -> None:
+    """Spans: processes -> collector -> Jaeger; metrics: the dev Prometheus -> every process's metrics port only;
+    Grafana -> Prometheus and Jaeger's query API. Nobody else reaches them (their UIs are port-forwarded)."""
+    cluster = Cluster(manifests["dev"])
+    collector, jaeger = cluster.pod("otel-collector"), cluster.pod("jaeger")
+    prometheus, grafana = cluster.pod("prometheus"), cluster.pod("grafana")
+    for name in PROCESSES:
+        assert cluster.allowed(cluster.pod(name), "otel-collector", "otlp-http"), name
+        assert cluster.allowed(prometheus, name, "metrics"), name
+        assert not cluster.allowed(prometheus, name, "grpc") or name == "gateway", name
+        assert not cluster.allowed(collector, name, "metrics"), name
+    assert cluster.allowed(collector, "jaeger", "otlp-grpc")
+    assert cluster.allowed(grafana, "jaeger", "ui") and cluster.allowed(grafana, "prometheus", "web")
+    for stranger in (STRANGER_POD, OTHER_NAMESPACE, INTERNET):
+        for target, port in (
+            ("otel-collector", "otlp-http"),
+            ("jaeger", "ui"),
+            ("prometheus", "web"),
+            ("grafana", "web"),
+        ):
+            assert not cluster.allowed(stranger, target, port), (stranger, target)
+    assert not cluster.allowed(jaeger, "prometheus", "web")
+    assert not cluster.allowed(cluster.pod("checkout"), "jaeger", "otlp-grpc")

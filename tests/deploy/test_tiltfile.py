@@ -418,3 +418,20 @@ def test_every_resource_is_grouped(tilt: Recorded) -> None:
 def test_tiltfile_exists_where_tilt_looks() -> None:
     assert TILTFILE.is_file()
     assert Path(ROOT / "k8s" / "overlays" / "dev" / "kustomization.yaml").is_file()
+
+
+def test_traces_metrics_and_the_dashboard_are_port_forwarded(tilt: Recorded, dev: Manifests) -> None:
+    """`tilt up` shows traces (Jaeger), Prometheus and the Grafana dashboard without further setup."""
+
+    def forwards(resource: str) -> dict[int, int]:
+        return {f["local_port"]: f["container_port"] for f in tilt.k8s_resources[resource]["port_forwards"]}
+
+    def port(workload: str, name: str) -> int:
+        [container] = pod_spec(dev.get("StatefulSet", workload))["containers"]
+        return {p["name"]: p["containerPort"] for p in container["ports"]}[name]
+
+    assert forwards("jaeger") == {16686: port("jaeger", "ui")}
+    assert forwards("prometheus") == {9090: port("prometheus", "web")}
+    assert forwards("grafana") == {3000: port("grafana", "web")}
+    for name in ("otel-collector", "jaeger", "prometheus", "grafana"):
+        assert tilt.k8s_resources[name]["labels"] == ["observability"], name

@@ -135,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from storeplane_cli import events, loyalty, offline
+    from storeplane_cli import events, loyalty, offline, top
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
@@ -180,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     events.add_parser(sub, parents=[common])
     loyalty.add_parser(sub, parents=[common])
     offline.add_parser(sub, parents=[common])
+    top.add_parser(sub, parents=[common])
     return p
 
 

@@ -18,7 +18,8 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
 - Events: `messaging` (`Consumers`, relay, bus), `outbox`, `event_ids`, `timestamps`, `broadcast` (committed
   events to every replica).
 - Running and testing: `workers` (`ThreadWorker`), `sweeps` (`Sweeper`: a use case applied to what fell due),
-  `telemetry` (the shared metrics, tracing), `testing` (a service on a free port, `deliver`, `published`).
+  `telemetry` (the shared metrics, tracing), `operations` (pool, queue and parked-event gauges), `testing` (a
+  service on a free port, `deliver`, `published`).
 
 Other modules (`driver`, `deadlines`, `interceptors`, `logs`) are the kit's own machinery.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "messaging",
     "migrations",
     "money",
+    "operations",
     "outbox",
     "paging",
     "server",

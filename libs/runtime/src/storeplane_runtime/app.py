@@ -18,6 +18,7 @@ from storeplane_runtime.db import Database
 from storeplane_runtime.logs import configure_logging
 from storeplane_runtime.messaging import Consumers, messaging_workers
 from storeplane_runtime.migrations import SchemaError, ensure_schema, upgrade
+from storeplane_runtime.operations import OperationsWatch
 from storeplane_runtime.server import ServiceHost, ServiceRegistration, run_until_signal
 from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
 from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorTable
@@ -70,6 +71,8 @@ class ServiceApp:
         host = ServiceHost(settings, registrations=registrations(database), error_table=error_table)
         app = cls(name, settings, host, database, migrations_dir(package_file), consumers=consumers)
         app.workers.extend(messaging_workers(name, settings, database, consumers))
+        # Operators' gauges: the database pool, the broker's own queue depths, parked events.
+        app.workers.append(OperationsWatch(name, database, amqp_url=settings.amqp_url, consumes=bool(consumers)))
         return app
 
     def servicer(self, kind: type[T]) -> T:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
-from checkout import use_cases
+from checkout import metrics, use_cases
 from checkout.api import ERROR_TABLE, NAME, SERVICE_DESCRIPTOR, CheckoutServicer
 from checkout.consumers import checkout_consumers
 from checkout.domain.baskets import BasketPolicy
@@ -75,6 +75,7 @@ def create_app(settings: CheckoutSettings) -> ServiceApp:
         consumers=checkout_consumers(),
     )
     assert app.database is not None
+    metrics.watch(app.database)  # business counters from each commit's events
     # Baskets left open past their time expire, once each (safe beside replicas: rows are claimed with SKIP LOCKED).
     app.workers.append(
         Sweeper(

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from checkout import events, storage
+from checkout import events, metrics, storage
 from checkout.domain import baskets as b
 from checkout.domain.baskets import Basket, BasketNotFound, BasketPolicy, BasketState, Customer, Item, Line, VoidReason
 from checkout.domain.pricing import Pricing, RedemptionValue, redemption_value, tax_rate
@@ -60,11 +60,13 @@ def _locked(uow: UnitOfWork, basket_id: str) -> Basket:
     return basket
 
 
-def _reserved(peers: Peers, rules: Rules, basket: Basket, changed_skus: Sequence[str]) -> Basket:
+def _reserved(peers: Peers, rules: Rules, basket: Basket, changed_skus: Sequence[str], operation: str) -> Basket:
     """The basket after a declarative Reserve of its desired quantities (unconfirmed lines when stock is down)."""
     # The reservation outlives the basket a little (the basket's expiry releases it by event), within stock's 24 h.
     ttl = min(rules.policy.ttl.total_seconds() + 60, MAX_PEER_TTL_SECONDS)
     held = peers.reserve(basket.basket_id, basket.store_id, basket.desired_quantities(), ttl)
+    if held is None:
+        metrics.line_unreserved(basket.store_id, operation)
     return b.with_reservation(basket, held, changed_skus)
 
 
@@ -108,7 +110,7 @@ def scan(
         now=now,
         policy=rules.policy,
     )
-    basket = _reserved(peers, rules, basket, [item.sku])
+    basket = _reserved(peers, rules, basket, [item.sku], "scan")
     basket = b.lowered_redemption(basket, store, rules.value_of(basket.currency))
     rules.price(basket)  # the amounts must fit a Money before the line is kept
     storage.save_basket(uow.connection, basket, now)
@@ -122,7 +124,7 @@ def update_quantity(
     store = rules.stores[basket.store_id]
     sku = basket.line(line_id).sku if basket.state is BasketState.OPEN else ""
     basket = b.set_quantity(basket, line_id, quantity, now=now, policy=rules.policy)
-    basket = _reserved(peers, rules, basket, [sku])
+    basket = _reserved(peers, rules, basket, [sku], "quantity")
     basket = b.lowered_redemption(basket, store, rules.value_of(basket.currency))
     rules.price(basket)
     storage.save_basket(uow.connection, basket, now)
@@ -222,6 +224,7 @@ def complete_sale(
         sale, loyalty_card_number=card, hold=basket.hold_tried, reservation=basket.reserve_tried
     )
     uow.publish(event, subject=sale.customer_id, store_id=sale.store_id)
+    metrics.basket_completed(basket.store_id, basket.opened_at, now)
     return sale, card
 
 

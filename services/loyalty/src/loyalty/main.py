@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from loyalty import use_cases
+from loyalty import metrics, use_cases
 from loyalty.api import ERROR_TABLE, NAME, SERVICE_DESCRIPTOR, HoldBatching, LoyaltyServicer
 from loyalty.consumers import loyalty_consumers
 from loyalty.queries import LoyaltyQueries
@@ -52,6 +52,7 @@ def create_app(settings: LoyaltySettings, clock: Callable[[], datetime] = utcnow
         consumers=loyalty_consumers(policy, clock),
     )
     assert app.database is not None
+    metrics.watch(app.database)  # business counters from each commit's events
     batch = settings.sweep_batch_size
     # Each step moves a row out of its due state under its account's lock: safe beside other replicas.
     app.workers.extend(
