@@ -172,8 +172,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         code = _code_name(context)
         RPC_HANDLED.labels(service, name, code).inc()
         RPC_LATENCY.labels(service, name).observe(elapsed)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
+        if log.isEnabledFor(logging.INFO):
+            log.info(
                 "rpc", extra={"grpc_method": f"{service}/{name}", "grpc_code": code, "ms": round(elapsed * 1e3, 3)}
             )
 

@@ -185,8 +185,8 @@ class _Observed:
         if counter is None:
             counter = self._handled[code] = RPC_HANDLED.labels(self._service, self._name, code.name)
         counter.inc()
-        if _rpc_log.isEnabledFor(logging.DEBUG):  # one line per call, as the services' interceptor writes
-            _rpc_log.debug(
+        if _rpc_log.isEnabledFor(logging.INFO):  # one line per call, as the services' interceptor writes
+            _rpc_log.info(
                 "rpc",
                 extra={
                     "grpc_method": f"{self._service}/{self._name}",

@@ -242,8 +242,8 @@ class InboxApplier:
             },
         ):
             registration.handle(uow, event)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug(
+            if log.isEnabledFor(logging.INFO):
+                log.info(
                     "event handled",
                     extra={
                         "consumer": self.consumers.name,
