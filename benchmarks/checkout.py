@@ -136,9 +136,9 @@ def _report_logs(children: dict[str, subprocess.Popen[bytes]], logs: dict[str, P
 
 
 @contextlib.contextmanager
-def _stack(names: tuple[str, ...]) -> Iterator[_Stack]:
-    """The named processes, each service on a fresh PostgreSQL database, AMQP_URL to a fresh vhost; all removed when
-    the block ends, whatever happened."""
+def _stack(names: tuple[str, ...], extra_env: dict[str, str] | None = None) -> Iterator[_Stack]:
+    """The named processes, each service on a fresh PostgreSQL database, AMQP_URL to a fresh vhost (and `extra_env`
+    for every child); all removed when the block ends, whatever happened."""
     with contextlib.ExitStack() as cleanup:
         keys = tempfile.mkdtemp(prefix="sp-bench-checkout-")
         cleanup.callback(shutil.rmtree, keys, ignore_errors=True)
@@ -167,6 +167,7 @@ def _stack(names: tuple[str, ...]) -> Iterator[_Stack]:
             "RATE_LIMIT_BURST": "1000000",
             **auth_environment(issuer),
             **{f"{n.upper()}_ADDR": addresses[n] for n in PROCESSES if n != "gateway"},
+            **(extra_env or {}),
         }
         children: dict[str, subprocess.Popen[bytes]] = {}
         logs: dict[str, Path] = {}
@@ -628,6 +629,103 @@ def checkout_sale_flow(bench: Bench) -> list[Figure]:
             note="CPU of the whole machine per sale in the 16-till window; per process: " + per_sale,
         ),
         *cpu.figures(),
+    ]
+
+
+# --- 1b. what tracing costs the sale flow ---------------------------------------------------------------------------
+
+
+class _SpanSink:
+    """An OTLP/HTTP receiver that takes every export and keeps nothing but a count of bytes (what a collector costs
+    the processes is the export itself, not what the collector does with it)."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        received = [0]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received[0] += len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _sales_per_s(bench: Bench, extra_env: dict[str, str]) -> float:
+    """The sale flow's rate with 16 tills on a stack of its own started with `extra_env`."""
+    seconds = 4.0 if bench.quick else 10.0
+    with _stack(PROCESSES, extra_env) as stack:
+        customers = _prepare(stack, points=1_000_000)
+        items = _items()
+        _ring_up(stack, items, customers, 1.0 if bench.quick else 3.0, first_sale=0)
+        _wait_quiet(stack)
+        tally, elapsed = _ring_up(stack, items, customers, seconds, first_sale=1000)
+    return len(tally.sales) / elapsed
+
+
+@scenario("checkout_tracing_cost", group="checkout")
+def checkout_tracing_cost(bench: Bench) -> list[Figure]:
+    """The sale flow untraced, traced with a sampler of 1.0 and with parentbased_traceidratio 0.01, every span
+    exported over OTLP/HTTP to a receiver in this process; one stack each, one after the other."""
+    sink = _SpanSink()
+    try:
+        traced = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+        untraced = _sales_per_s(bench, {})
+        every = _sales_per_s(
+            bench, {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.0"}
+        )
+        exported_every = sink.received[0]
+        sampled = _sales_per_s(
+            bench, {**traced, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+        )
+        exported_sampled = sink.received[0] - exported_every
+    finally:
+        sink.close()
+
+    def cost(rate: float) -> float:
+        return 100.0 * (untraced - rate) / untraced if untraced else 0.0
+
+    return [
+        Figure("sale_flow_sales_per_s_untraced", untraced, "sales/s", note="16 tills, no exporter: no spans made"),
+        Figure(
+            "sale_flow_sales_per_s_traced_1",
+            every,
+            "sales/s",
+            note=f"parentbased_traceidratio 1.0; {exported_every / 1e6:.1f} MB of spans exported",
+        ),
+        Figure(
+            "sale_flow_sales_per_s_traced_001",
+            sampled,
+            "sales/s",
+            note=f"parentbased_traceidratio 0.01; {exported_sampled / 1e6:.2f} MB of spans exported",
+        ),
+        Figure(
+            "tracing_cost_pct_1",
+            cost(every),
+            "%",
+            at_most=15.0,
+            note="throughput lost to tracing every sale (three stacks one after the other: runs differ by several % "
+            "on a shared machine)",
+        ),
+        Figure("tracing_cost_pct_001", cost(sampled), "%", at_most=3.0, note="throughput lost with 1 % sampled"),
     ]
 
 
