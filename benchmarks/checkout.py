@@ -29,7 +29,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 import grpc
 import pika
 
-from benchmarks.harness import Bench, Figure, percentile, scenario, summarise_latencies
+from benchmarks.harness import Bench, Figure, percentile, scenario, serve_bare, summarise_latencies
 from benchmarks.messaging import AMQP
 from benchmarks.stack import PROCESSES, _wait_serving, auth_environment, bearer, bench_issuer
 from benchmarks.stock import _database, _drop, _PeakRss, _wait_outbox_sent
@@ -1017,17 +1016,13 @@ def _count_sales(
 
 
 def _serve_counter() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    """`python -m benchmarks.checkout`: a bare grpcio server whose UploadOfflineSales only counts the sales."""
     handler = grpc.stream_unary_rpc_method_handler(
         _count_sales,
         request_deserializer=checkout_pb2.UploadOfflineSalesRequest.FromString,
         response_serializer=checkout_pb2.UploadOfflineSalesResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Offline", {"Upload": handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(port, flush=True)
-    server.wait_for_termination()
+    serve_bare("bench.Offline", "Upload", handler)
 
 
 def _bare_stream_sales_per_s(count: int) -> float:

@@ -15,14 +15,13 @@ import sys
 import tempfile
 import time
 import uuid
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 from sqlalchemy import create_engine
 
-from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
+from benchmarks.harness import Bench, Figure, scenario, serve_bare, summarise_latencies
 from benchmarks.stack import _stop, _wait_serving, auth_environment, bearer, bench_issuer
 from benchmarks.stock import _database, _drop, _PeakRss, _run
 from customer.domain import luhn_check_digit
@@ -208,17 +207,12 @@ def _serve_stream(count: int) -> None:
         for _ in range(count):
             yield sample
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     handler = grpc.unary_stream_rpc_method_handler(
         stream,
         request_deserializer=customer_pb2.ExportCustomersRequest.FromString,
         response_serializer=customer_pb2.ExportCustomersResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Export", {"Export": handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(port, flush=True)
-    server.wait_for_termination()
+    serve_bare("bench.Export", "Export", handler)
 
 
 def _bare_stream_per_s(count: int) -> float:

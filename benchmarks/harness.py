@@ -99,3 +99,18 @@ def write_json(path: Path, figures: Sequence[tuple[str, Figure]], extra: dict[st
         "figures": [{"scenario": s, **asdict(f), "verdict": f.verdict} for s, f in figures],
     }
     path.write_text(json.dumps(payload, indent=2))
+
+
+def serve_bare(service: str, method: str, handler: Any) -> None:
+    """A floor's server: a bare grpcio server with only `handler` (a grpc.*_rpc_method_handler) at
+    /`service`/`method`, on a free port it prints, serving until killed (`python -m benchmarks.<module>`)."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    server.wait_for_termination()

@@ -16,13 +16,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from benchmarks.harness import Bench, Figure, scenario, summarise_latencies
+from benchmarks.harness import Bench, Figure, scenario, serve_bare, summarise_latencies
 from benchmarks.stack import _rss_mb, _stop, _wait_serving, auth_environment, bench_issuer
 from pos.common.v1 import common_pb2
 from pos.stock.v1 import stock_pb2, stock_pb2_grpc
@@ -284,17 +283,12 @@ def _count_rows(
 def _serve_counter() -> None:
     """`python -m benchmarks.stock`: a bare grpcio server whose ImportStockLevels only counts rows; prints its
     port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     handler = grpc.stream_unary_rpc_method_handler(
         _count_rows,
         request_deserializer=stock_pb2.ImportStockLevelsRequest.FromString,
         response_serializer=stock_pb2.ImportStockLevelsResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Import", {"Import": handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(port, flush=True)
-    server.wait_for_termination()
+    serve_bare("bench.Import", "Import", handler)
 
 
 def _bare_stream_rows_per_s(rows: int, batch: int) -> float:
