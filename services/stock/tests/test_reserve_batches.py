@@ -6,7 +6,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from stock_kit import BERLIN, ZURICH, RunningStock, item, level, load
 
 from pos.stock.v1 import events_pb2
@@ -106,3 +107,27 @@ def test_a_failed_reserve_of_a_batch_leaves_no_trace_and_an_existing_reservation
     (moved,) = _reserve_many(shop, [ReserveCommand("basket-zurich", BERLIN, {"SOCK": 1})])
     assert isinstance(moved, ReservationStoreMismatch)
     assert _reservation_ids(shop) == ["basket-kept", "basket-kept-elsewhere", "basket-zurich"]
+
+
+def test_a_consumer_batch_locks_its_reservations_and_levels_up_front(
+    postgres_url: str, make_stock: Callable[..., RunningStock]
+) -> None:
+    """Before a batch of events is applied, the reservations it names and every level it touches (those the sales
+    name and those the reservations hold) are this transaction's: a Reserve then cannot hold one of them while
+    waiting for another (the order of a batch of sales no longer matters)."""
+    stock = make_stock(postgres_url)
+    load(stock.stub, [item("SHOE"), item("SOCK"), item("CAP")], {(BERLIN, "SHOE"): 3, (BERLIN, "SOCK"): 10})
+    _reserve_many(stock, [ReserveCommand("basket-a", BERLIN, {"SOCK": 1})])
+    database = stock.servicer.database
+    with UnitOfWork(database, source="stock") as uow:
+        use_cases.lock_for_events(uow, reservation_ids={"basket-a", "basket-gone"}, level_keys={(BERLIN, "SHOE")})
+        with database.engine.connect() as other, other.begin():
+            other.execute(text("SET LOCAL lock_timeout = '100ms'"))
+            for statement in (
+                "SELECT 1 FROM reservations WHERE reservation_id = 'basket-a' FOR UPDATE",
+                "SELECT 1 FROM stock_levels WHERE sku = 'SHOE' FOR UPDATE",  # a sale names it
+                "SELECT 1 FROM stock_levels WHERE sku = 'SOCK' FOR UPDATE",  # the reservation holds it
+            ):
+                with pytest.raises(OperationalError, match="lock timeout"), other.begin_nested():
+                    other.execute(text(statement))
+        assert _reservation_ids(stock) == ["basket-a"]  # locking created no row for an unknown reservation

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+import pytest
+from google.protobuf.message import Message
 from messaging_kit import ServiceDb, unique_name
 from sqlalchemy import text
 
@@ -84,3 +86,53 @@ def test_only_deadlocks_and_serialization_failures_count_as_transient() -> None:
     outer = RuntimeError("handler failed")
     outer.__cause__ = Wrapped("40P01")
     assert transient(outer)
+
+
+def test_before_batch_sees_the_events_about_to_be_applied_first_and_once(
+    make_db: Callable[[str], ServiceDb], make_postgres_url: Callable[[], str]
+) -> None:
+    """The hook runs in the batch's transaction before any handler, with the fresh events in order: not a duplicate
+    of an event applied before, nor an id delivered twice in the batch."""
+    db = make_db(make_postgres_url())
+    consumers = Consumers(unique_name())
+    seen: list[str] = []
+
+    @consumers.before_batch
+    def lock_first(uow: UnitOfWork, events: Sequence[Message]) -> None:
+        seen.append("hook:" + ",".join(e.sale_id for e in events))  # type: ignore[attr-defined]
+
+    @consumers.handler(checkout_events.SaleCompleted)
+    def on_sale(uow: UnitOfWork, event: checkout_events.SaleCompleted) -> None:
+        seen.append(event.sale_id)
+
+    applier = InboxApplier(db.database, consumers)
+    old = _envelope("s-old")
+    assert [o.status for o in applier.apply([old])] == [APPLIED]
+    assert seen == ["s-old"]  # an event applied alone runs no hook
+    seen.clear()
+    twice = _envelope("s-2")
+    outcomes = applier.apply([old, _envelope("s-1"), twice, twice])
+    assert [o.status for o in outcomes] == ["duplicate", APPLIED, APPLIED, "duplicate"]
+    assert seen == ["hook:s-1,s-2", "s-1", "s-2"]
+
+
+def test_a_failing_before_batch_hook_leaves_the_batch_to_be_applied_event_by_event(
+    make_db: Callable[[str], ServiceDb], make_postgres_url: Callable[[], str]
+) -> None:
+    db = make_db(make_postgres_url())
+    consumers = Consumers(unique_name())
+    applied: list[str] = []
+
+    @consumers.before_batch
+    def broken(uow: UnitOfWork, events: Sequence[Message]) -> None:
+        raise RuntimeError("bug in the hook")
+
+    @consumers.handler(checkout_events.SaleCompleted)
+    def on_sale(uow: UnitOfWork, event: checkout_events.SaleCompleted) -> None:
+        applied.append(event.sale_id)
+
+    outcomes = InboxApplier(db.database, consumers).apply([_envelope("s-1"), _envelope("s-2")])
+    assert [o.status for o in outcomes] == [APPLIED, APPLIED]
+    assert applied == ["s-1", "s-2"]
+    with pytest.raises(ValueError, match="already registered"):
+        consumers.before_batch(broken)

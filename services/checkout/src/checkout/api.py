@@ -21,6 +21,7 @@ from checkout.domain.baskets import (
     BasketNotFound,
     BasketNotOpen,
     Customer,
+    Item,
     LineNotFound,
     NoCustomer,
     VoidReason,
@@ -96,6 +97,10 @@ RETURN_REASONS = {checkout_pb2.ReturnReason.Value(f"RETURN_REASON_{r.value}"): r
 TIERS = {1: "BRONZE", 2: "SILVER", 3: "GOLD"}  # pos.loyalty.v1.Tier
 
 
+class _NotCached(Exception):
+    """A scanned item checkout's cache does not have (its transaction rolls back; stock is asked, then it reruns)."""
+
+
 class CheckoutServicer(checkout_pb2_grpc.CheckoutServiceServicer):
     """pos.checkout.v1.CheckoutService."""
 
@@ -147,7 +152,9 @@ class CheckoutServicer(checkout_pb2_grpc.CheckoutServiceServicer):
             basket = use_cases.open_basket(uow, self.rules, store, request.terminal_id, request.cashier_id, utcnow())
             return checkout_pb2.OpenBasketResponse(basket=self._basket_answer(basket))
 
-        return self.calls.once(context, request, checkout_pb2.OpenBasketResponse, work)
+        answer = self.calls.once(context, request, checkout_pb2.OpenBasketResponse, work)
+        self.queries.opened(answer.basket.basket_id, answer.basket.store_id)
+        return answer
 
     def GetBasket(
         self, request: checkout_pb2.GetBasketRequest, context: grpc.ServicerContext
@@ -170,15 +177,21 @@ class CheckoutServicer(checkout_pb2_grpc.CheckoutServiceServicer):
         # The basket's open state is checked in the unit of work (a repeated request gets its first answer).
         store = self.stores[self._own_basket(v, request.basket_id)]
         barcode = request.barcode if key == "barcode" else ""
-        item = self.queries.item(store.store_id, sku=request.sku if key == "sku" else "", barcode=barcode)
-        price = item.prices.get(store.currency)
-        if price is None:
-            raise NoPriceForCurrency(
-                f"item {item.sku} has no price in {store.currency}",
-                metadata={"sku": item.sku, "currency": store.currency},
-            )
+        sku = request.sku if key == "sku" else ""
+
+        fetched: list[Item] = []  # from stock, when checkout's cache did not have it
 
         def work(uow: UnitOfWork) -> checkout_pb2.ScanItemResponse:
+            # The cache is read in the scan's own transaction: one round trip, no connection of its own.
+            item = fetched[0] if fetched else self.queries.cached_item(uow.connection, sku=sku, barcode=barcode)
+            if item is None:
+                raise _NotCached
+            price = item.prices.get(store.currency)
+            if price is None:
+                raise NoPriceForCurrency(
+                    f"item {item.sku} has no price in {store.currency}",
+                    metadata={"sku": item.sku, "currency": store.currency},
+                )
             scanned, line = use_cases.scan(
                 uow,
                 self.peers,
@@ -192,7 +205,12 @@ class CheckoutServicer(checkout_pb2_grpc.CheckoutServiceServicer):
             )
             return checkout_pb2.ScanItemResponse(basket=self._basket_answer(scanned), line_id=line.line_id)
 
-        return self.calls.once(context, request, checkout_pb2.ScanItemResponse, work)
+        try:
+            return self.calls.once(context, request, checkout_pb2.ScanItemResponse, work)
+        except _NotCached:
+            # Asked of stock (and cached) outside the scan's transaction: SQLite has one writer at a time.
+            fetched.append(self.queries.item(store.store_id, sku=sku, barcode=barcode))
+            return self.calls.once(context, request, checkout_pb2.ScanItemResponse, work)
 
     def UpdateLineQuantity(
         self, request: checkout_pb2.UpdateLineQuantityRequest, context: grpc.ServicerContext

@@ -3,6 +3,10 @@ baskets release. Each runs in the consumer's unit of work, with its inbox row, e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from google.protobuf.message import Message
+
 from pos.checkout.v1 import events_pb2 as checkout_events
 from stock import use_cases
 from stock.domain import ReservationState, StockPolicy
@@ -14,6 +18,22 @@ from storeplane_runtime.messaging import Consumers
 def stock_consumers(policy: StockPolicy) -> Consumers:
     """The handlers of the `stock` consumer (queue `stock.events`)."""
     consumers = Consumers("stock")
+
+    @consumers.before_batch
+    def lock_in_order(uow: UnitOfWork, events: Sequence[Message]) -> None:
+        # One transaction applies many events: their locks are taken up front, in Reserve's order (no deadlocks).
+        reservation_ids: set[str] = set()
+        level_keys: set[tuple[str, str]] = set()
+        for event in events:
+            if isinstance(event, checkout_events.SaleCompleted):
+                reservation_ids.add(event.reservation_id)
+                level_keys.update((event.store_id, line.sku) for line in event.lines)
+            elif isinstance(event, checkout_events.SaleReturned):
+                level_keys.update((event.store_id, line.sku) for line in event.lines if line.restock)
+            elif isinstance(event, checkout_events.BasketVoided):
+                reservation_ids.add(event.reservation_id)
+        reservation_ids.discard("")
+        use_cases.lock_for_events(uow, reservation_ids=reservation_ids, level_keys=level_keys)
 
     @consumers.handler(checkout_events.SaleCompleted)
     def on_sale_completed(uow: UnitOfWork, event: checkout_events.SaleCompleted) -> None:

@@ -3,7 +3,7 @@ decides, storage writes, and the events the domain decided on go to the outbox o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -184,6 +184,14 @@ def adjust(
     storage.record_adjustment(conn, change, note=note, caller=caller, now=now)
     _publish(uow, events_of([change], reorder_points, policy), request_id)
     return change
+
+
+def lock_for_events(
+    uow: UnitOfWork, *, reservation_ids: Collection[str], level_keys: Collection[tuple[str, str]]
+) -> None:
+    """Before a batch of events is applied in one transaction: take the locks all of them need, reservations then
+    levels, each in key order, as Reserve takes them (see storage.lock_for_batch)."""
+    storage.lock_for_batch(uow.connection, reservation_ids, level_keys)
 
 
 def commit_sale(

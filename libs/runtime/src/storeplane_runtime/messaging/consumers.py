@@ -62,6 +62,7 @@ class Consumers:
             lambda db, source: UnitOfWork(db, source=source)
         )
         self.registrations: dict[str, HandlerRegistration[Any]] = {}
+        self.batch_hook: Callable[[Any, Sequence[Message]], None] | None = None
 
     def handler(self, event_class: type[E]) -> Callable[[Callable[[Any, E], None]], Callable[[Any, E], None]]:
         """Register `fn(uow, event)` for events of `event_class` (one handler per event type)."""
@@ -74,6 +75,16 @@ class Consumers:
             return fn
 
         return register
+
+    def before_batch(self, fn: Callable[[Any, Sequence[Message]], None]) -> Callable[[Any, Sequence[Message]], None]:
+        """Register `fn(uow, events)`, run in a batch's unit of work before its handlers with the events about to be
+        applied, in order: where a service takes the locks the whole batch needs, in the one order its other
+        writers use, so that a batch of many events cannot deadlock with them (each handler's own locks are then
+        held already). Not run for an event applied alone (its handler's locks are in that order anyway)."""
+        if self.batch_hook is not None:
+            raise ValueError(f"{self.name}: a before_batch hook is already registered")
+        self.batch_hook = fn
+        return fn
 
     @property
     def event_types(self) -> list[str]:
@@ -122,6 +133,10 @@ class _Transient(Exception):
     """The batch's transaction was aborted by the database (deadlock): run it again."""
 
 
+class _HookFailed(Exception):
+    """The before_batch hook raised (not a passing deadlock): the batch is applied again event by event."""
+
+
 class _HandlerFailed(Exception):
     """A handler raised in the fast path: the batch is applied again event by event."""
 
@@ -151,6 +166,9 @@ class InboxApplier:
                 break
             except _Transient:
                 log.info("event batch aborted by the database, running it again", extra={"attempt": attempt + 1})
+            except _HookFailed:
+                outcomes = self._apply_with_savepoints(envelopes, {})
+                break
             except _HandlerFailed as failure:
                 # The failing event is not run again (that would be a second attempt within one delivery).
                 outcomes = self._apply_with_savepoints(envelopes, {failure.index: failure.outcome})
@@ -198,6 +216,20 @@ class InboxApplier:
         uow = self.consumers.unit_of_work(self.database, self.consumers.name)
         with uow:
             fresh = self._record_many(uow.session.connection(), [envelopes[i] for i in events])
+            hook = self.consumers.batch_hook
+            if hook is not None and len(events) > 1:
+                applying, seen = [], set()
+                for i, event in events.items():
+                    if envelopes[i].event_id in fresh and envelopes[i].event_id not in seen:
+                        seen.add(envelopes[i].event_id)
+                        applying.append(event)
+                try:
+                    hook(uow, applying)
+                except Exception as exc:
+                    if may_retry and transient(exc):
+                        raise _Transient() from exc
+                    log.warning("before_batch hook failed: applying the batch event by event", exc_info=True)
+                    raise _HookFailed() from exc
             first_seen: set[str] = set()
             for i, event in events.items():
                 envelope = envelopes[i]

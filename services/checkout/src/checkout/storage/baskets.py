@@ -6,14 +6,48 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from psycopg.types.json import Json
+from sqlalchemy import bindparam, select, update
 
 from checkout.domain.baskets import Basket, BasketState, Customer, Line
 from checkout.storage.tables import baskets
 from storeplane_runtime.clock import as_utc
-from storeplane_runtime.sql import Db, is_postgres
+from storeplane_runtime.sql import Db, driver_sql, is_postgres
 
 _b = baskets
+
+# The hot path's statements, built once: building a statement object and its cache key on every call costs more
+# than running it.
+_INSERT = _b.insert()
+_FIND = select(_b).where(_b.c.basket_id == bindparam("k_basket_id"))
+_FIND_LOCKED = _FIND.with_for_update()
+_STORE = select(_b.c.store_id).where(_b.c.basket_id == bindparam("k_basket_id"))
+_CHANGING = (
+    "state",
+    "lines",
+    "next_line",
+    "customer",
+    "points_redeemed",
+    "sale_id",
+    "reserve_tried",
+    "hold_tried",
+    "revision",
+    "expires_at",
+    "updated_at",
+)
+_SAVE = (
+    update(_b)
+    .where(_b.c.basket_id == bindparam("k_basket_id"))
+    .values({name: bindparam(f"v_{name}", type_=_b.c[name].type) for name in _CHANGING})
+)
+# PostgreSQL: the same two, run straight on the driver (storeplane_runtime.sql.driver_sql): a scan runs both.
+_FIND_LOCKED_PG = (
+    f"SELECT {', '.join(column.name for column in _b.c)} FROM baskets WHERE basket_id = %(k_basket_id)s FOR UPDATE"
+)
+_SAVE_PG = (
+    f"UPDATE baskets SET {', '.join(f'{name} = %(v_{name})s' for name in _CHANGING)} WHERE basket_id = %(k_basket_id)s"
+)
+_JSON_COLUMNS = frozenset({"lines", "customer"})
 
 
 def _line_json(line: Line) -> list[Any]:
@@ -101,35 +135,44 @@ def basket_of(row: Any) -> Basket:
 
 def insert_basket(conn: Db, basket: Basket, now: datetime) -> None:
     conn.execute(
-        _b.insert().values(
-            basket_id=basket.basket_id,
-            store_id=basket.store_id,
-            terminal_id=basket.terminal_id,
-            cashier_id=basket.cashier_id,
-            currency=basket.currency,
-            tax_inclusive=basket.tax_inclusive,
-            opened_at=basket.opened_at,
+        _INSERT,
+        {
+            "basket_id": basket.basket_id,
+            "store_id": basket.store_id,
+            "terminal_id": basket.terminal_id,
+            "cashier_id": basket.cashier_id,
+            "currency": basket.currency,
+            "tax_inclusive": basket.tax_inclusive,
+            "opened_at": basket.opened_at,
             **_values(basket, now),
-        )
+        },
     )
 
 
 def find_basket(conn: Db, basket_id: str, *, lock: bool = False) -> Basket | None:
     """The basket; with `lock`, its row is this transaction's until it ends (PostgreSQL; SQLite has one writer)."""
-    query = select(_b).where(_b.c.basket_id == basket_id)
-    if lock:
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+    if lock and is_postgres(conn):
+        row = driver_sql(conn, _FIND_LOCKED_PG, {"k_basket_id": basket_id}).fetchone()
+    else:
+        row = conn.execute(_FIND_LOCKED if lock else _FIND, {"k_basket_id": basket_id}).first()
     return basket_of(row) if row is not None else None
 
 
 def basket_store(conn: Db, basket_id: str) -> str | None:
-    store: str | None = conn.execute(select(_b.c.store_id).where(_b.c.basket_id == basket_id)).scalar()
+    store: str | None = conn.execute(_STORE, {"k_basket_id": basket_id}).scalar()
     return store
 
 
 def save_basket(conn: Db, basket: Basket, now: datetime) -> None:
-    conn.execute(update(_b).where(_b.c.basket_id == basket.basket_id).values(**_values(basket, now)))
+    values = _values(basket, now)
+    if is_postgres(conn):
+        params = {
+            f"v_{name}": Json(values[name]) if name in _JSON_COLUMNS and values[name] is not None else values[name]
+            for name in _CHANGING
+        }
+        driver_sql(conn, _SAVE_PG, {"k_basket_id": basket.basket_id, **params})
+    else:
+        conn.execute(_SAVE, {"k_basket_id": basket.basket_id, **{f"v_{name}": values[name] for name in _CHANGING}})
 
 
 def claim_expired(conn: Db, now: datetime, limit: int) -> list[Basket]:

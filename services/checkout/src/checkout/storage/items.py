@@ -4,20 +4,36 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 
 from checkout.domain.baskets import Item
 from checkout.storage.tables import item_barcodes, items
-from storeplane_runtime.sql import Db, insert_for
+from storeplane_runtime.sql import Db, driver_sql, insert_for, is_postgres
+
+# Built once (every scan runs one of them).
+_BY_SKU = select(items).where(items.c.sku == bindparam("k_sku"))
+_BY_BARCODE = (
+    select(items)
+    .join(item_barcodes, item_barcodes.c.sku == items.c.sku)
+    .where(item_barcodes.c.barcode == bindparam("k_barcode"))
+)
+
+
+_COLUMNS = ", ".join(f"i.{column.name}" for column in items.c)
+_BY_BARCODE_PG = (
+    f"SELECT {_COLUMNS} FROM checkout_items AS i JOIN checkout_item_barcodes AS b ON b.sku = i.sku"
+    " WHERE b.barcode = %(k_barcode)s"
+)
 
 
 def find_item(conn: Db, *, sku: str = "", barcode: str = "") -> Item | None:
     """The cached item with this SKU (or barcode); None when checkout has not heard of it."""
-    if barcode:
-        sku = conn.execute(select(item_barcodes.c.sku).where(item_barcodes.c.barcode == barcode)).scalar() or ""
-        if not sku:
-            return None
-    row = conn.execute(select(items).where(items.c.sku == sku)).first()
+    if barcode and is_postgres(conn):
+        row = driver_sql(conn, _BY_BARCODE_PG, {"k_barcode": barcode}).fetchone()
+    elif barcode:
+        row = conn.execute(_BY_BARCODE, {"k_barcode": barcode}).first()
+    else:
+        row = conn.execute(_BY_SKU, {"k_sku": sku}).first()
     if row is None:
         return None
     return Item(

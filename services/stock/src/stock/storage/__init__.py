@@ -26,6 +26,7 @@ from stock.storage.reservations import (
     claim_expired,
     end_reservation,
     find_reservation,
+    lock_for_batch,
     lock_reservations,
     save_reservations,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "item_barcodes",
     "items",
     "known_skus",
+    "lock_for_batch",
     "lock_level_keys",
     "lock_levels",
     "lock_levels_of_items",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ from sqlalchemy import JSON, bindparam, delete, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from stock.domain import Level, Reservation, ReservationState, ReservedLine
-from stock.storage.levels import WRITE_PG_SQL, level_arrays, write_levels
+from stock.storage.levels import WRITE_PG_SQL, level_arrays, lock_levels_of_items, write_levels
 from stock.storage.tables import reservations
 from storeplane_runtime.clock import as_utc
 from storeplane_runtime.sql import Db, driver_sql, is_postgres
@@ -46,6 +46,11 @@ _LOCK_PG = (
     " RETURNING reservation_id, store_id, state, lines, expires_at, updated_at"
 )
 _LOCK_SQLITE = _lock_statement(sqlite_insert)
+# A consumer batch's reservations, locked in reservation id order (as `_LOCK_PG`), creating none.
+_LOCK_EXISTING_PG = (
+    "SELECT reservation_id, store_id, state, lines, expires_at FROM reservations"
+    " WHERE reservation_id = ANY(CAST(%(ids)b AS text[])) ORDER BY reservation_id FOR UPDATE"
+)
 _SAVE = (
     update(_r)
     .where(_r.c.reservation_id == bindparam("b_reservation_id"))
@@ -126,6 +131,21 @@ def lock_reservations(conn: Db, keys: Sequence[tuple[str, str]], now: datetime) 
             for rid, store in ordered
         ]
     return {row.reservation_id: None if row.state == "NEW" else _reservation(row) for row in rows}
+
+
+def lock_for_batch(conn: Db, reservation_ids: Collection[str], level_keys: Collection[tuple[str, str]]) -> None:
+    """Lock, for the rest of the transaction, the existing reservation rows of these ids (in id order), then the
+    level rows of these (store, SKU) keys and of what those reservations hold (in key order): the order every
+    Reserve takes its locks in, so that a consumer applying many events in one transaction cannot deadlock with
+    Reserves. SQLite: nothing to do (the writer holds the database lock)."""
+    if not is_postgres(conn):
+        return
+    keys = set(level_keys)
+    if reservation_ids:
+        rows = driver_sql(conn, _LOCK_EXISTING_PG, {"ids": sorted(set(reservation_ids))}).fetchall()
+        keys.update((row.store_id, sku) for row in rows if row.state == ACTIVE for sku, _, _ in row.lines)
+    if keys:
+        lock_levels_of_items(conn, keys)
 
 
 def save_reservations(
