@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from checkout_kit import BERLIN, Till, card, rid
+from pydantic import ValidationError
 
 from checkout import use_cases
 from checkout.domain.baskets import (
@@ -27,6 +28,7 @@ from checkout.main import rules_of
 from checkout.settings import CheckoutSettings
 from pos.checkout.v1 import checkout_pb2, events_pb2
 from storeplane_runtime.db import UnitOfWork
+from storeplane_runtime.money import RedemptionValue
 from storeplane_runtime.stores import DEFAULT_STORES, Store
 from storeplane_runtime.testing import RunningService, published
 
@@ -105,3 +107,16 @@ def test_return_in_another_store_of_the_same_currency(till: Till, checkout: Runn
     read = till.stub.GetSale(checkout_pb2.GetSaleRequest(sale_id=sale.sale_id)).sale
     assert read.lines[0].returned_quantity == 1
     assert rid()
+
+
+def test_points_are_worth_what_loyalty_is_configured_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkout reads loyalty's own LOYALTY_REDEMPTION: the discount a till shows is what loyalty takes the points
+    for. A value that is not two positive numbers stops the process at start, naming the setting."""
+    assert rules_of(CheckoutSettings()).value_of("EUR") == RedemptionValue(100, 100)
+    monkeypatch.setenv("LOYALTY_REDEMPTION", '{"EUR": [50, 100], "JPY": [1, 1]}')
+    rules = rules_of(CheckoutSettings())
+    assert rules.value_of("EUR") == RedemptionValue(50, 100)  # 50 points buy 1.00
+    assert rules.value_of("CHF") is None  # not redeemable where loyalty gives no value
+    monkeypatch.setenv("LOYALTY_REDEMPTION", '{"EUR": [0, 100]}')
+    with pytest.raises(ValidationError, match="LOYALTY_REDEMPTION values must be two positive numbers"):
+        CheckoutSettings()

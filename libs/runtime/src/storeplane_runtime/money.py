@@ -19,7 +19,9 @@ __all__ = [
     "PPM",
     "RedemptionValue",
     "check_fits",
+    "default_redemption_setting",
     "largest_remainder",
+    "redemption_values",
     "round_half_away",
     "round_to_increment",
     "share_of",
@@ -124,3 +126,18 @@ DEFAULT_REDEMPTION_VALUES: Mapping[str, RedemptionValue] = {
     "USD": RedemptionValue(100, 100),
     "JPY": RedemptionValue(1, 1),
 }
+
+
+def redemption_values(raw: Mapping[str, tuple[int, int]]) -> dict[str, RedemptionValue]:
+    """`LOYALTY_REDEMPTION` (currency -> [points, minor units they are worth]) as RedemptionValues; ValueError names
+    the setting when a value is not two positive numbers. Loyalty and checkout both read it: the discount a till
+    shows and the points loyalty takes must agree."""
+    try:
+        return {currency: RedemptionValue(int(points), int(minor)) for currency, (points, minor) in raw.items()}
+    except ValueError as exc:
+        raise ValueError("LOYALTY_REDEMPTION values must be two positive numbers [points, minor units]") from exc
+
+
+def default_redemption_setting() -> dict[str, tuple[int, int]]:
+    """DEFAULT_REDEMPTION_VALUES in the shape of the LOYALTY_REDEMPTION setting (a settings field's default)."""
+    return {currency: (value.points, value.minor) for currency, value in DEFAULT_REDEMPTION_VALUES.items()}

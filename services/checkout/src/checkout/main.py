@@ -11,7 +11,6 @@ from checkout import metrics, use_cases
 from checkout.api import ERROR_TABLE, NAME, SERVICE_DESCRIPTOR, CheckoutServicer
 from checkout.consumers import checkout_consumers
 from checkout.domain.baskets import BasketPolicy
-from checkout.domain.pricing import DEFAULT_REDEMPTION_VALUES
 from checkout.peers import Peers
 from checkout.queries import CheckoutQueries
 from checkout.settings import CheckoutSettings
@@ -20,6 +19,7 @@ from storeplane_runtime.app import ServiceApp, command_line
 from storeplane_runtime.auth.client import BearerToken, service_token
 from storeplane_runtime.clients import PeerChannels
 from storeplane_runtime.db import Database
+from storeplane_runtime.money import redemption_values
 from storeplane_runtime.server import ServiceRegistration
 from storeplane_runtime.settings import SettingsError
 from storeplane_runtime.stores import load_stores
@@ -36,7 +36,7 @@ def rules_of(settings: CheckoutSettings) -> use_cases.Rules:
     return use_cases.Rules(
         stores=load_stores(),
         policy=BasketPolicy(ttl=timedelta(seconds=settings.basket_ttl_seconds), max_lines=settings.max_basket_lines),
-        redemption=DEFAULT_REDEMPTION_VALUES,
+        redemption=redemption_values(settings.loyalty_redemption),
     )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from checkout.domain.baskets import DEFAULT_BASKET_TTL
+from storeplane_runtime.money import default_redemption_setting, redemption_values
 from storeplane_runtime.settings import ServiceSettings
 
 
@@ -24,5 +25,13 @@ class CheckoutSettings(ServiceSettings):
     # A peer that failed this many calls in a row (UNAVAILABLE, DEADLINE_EXCEEDED) is not called again for this long.
     breaker_failures: int = Field(default=3, ge=1, le=100)
     breaker_reset_seconds: float = Field(default=5.0, gt=0, le=600)
+    # What points are worth per currency, read from loyalty's own setting (LOYALTY_REDEMPTION): the discount a till
+    # shows and the points loyalty takes must agree, so both services are given the same value.
+    loyalty_redemption: dict[str, tuple[int, int]] = Field(default_factory=default_redemption_setting)
     # Offline sales recorded per transaction (bounded memory whatever the stream length).
     offline_chunk_rows: int = Field(default=200, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _redemption_valid(self) -> CheckoutSettings:
+        redemption_values(self.loyalty_redemption)
+        return self

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from pydantic import Field, model_validator
 
-from loyalty.domain import LoyaltyPolicy, RedemptionValue, Tier
+from loyalty.domain import LoyaltyPolicy, Tier
 from loyalty.domain.policy import (
     DEFAULT_EARN_MINOR_PER_POINT,
     DEFAULT_GOLD_MINOR,
@@ -16,6 +16,7 @@ from loyalty.domain.policy import (
     DEFAULT_SILVER_MINOR,
     MAX_HOLD_TTL,
 )
+from storeplane_runtime.money import default_redemption_setting, redemption_values
 from storeplane_runtime.settings import ServiceSettings
 
 
@@ -32,9 +33,7 @@ class LoyaltySettings(ServiceSettings):
     loyalty_silver_minor: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_SILVER_MINOR))
     loyalty_gold_minor: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_GOLD_MINOR))
     # Redemption value per currency: [points, minor units they are worth] (EUR [100, 100] = 100 points per 1.00).
-    loyalty_redemption: dict[str, tuple[int, int]] = Field(
-        default_factory=lambda: {"EUR": (100, 100), "CHF": (100, 100), "USD": (100, 100), "JPY": (1, 1)}
-    )
+    loyalty_redemption: dict[str, tuple[int, int]] = Field(default_factory=default_redemption_setting)
     loyalty_expiry_months: int = Field(default=24, ge=1, le=240)
     loyalty_expiring_soon_days: int = Field(default=90, ge=1, le=3650)
     loyalty_spend_window_months: int = Field(default=12, ge=1, le=120)
@@ -64,8 +63,7 @@ class LoyaltySettings(ServiceSettings):
             raise ValueError("LOYALTY_MULTIPLIERS_PPM values must be positive")
         if any(v <= 0 for v in self.loyalty_earn_minor_per_point.values()):
             raise ValueError("LOYALTY_EARN_MINOR_PER_POINT values must be positive")
-        if any(p <= 0 or m <= 0 for p, m in self.loyalty_redemption.values()):
-            raise ValueError("LOYALTY_REDEMPTION values must be two positive numbers [points, minor units]")
+        redemption_values(self.loyalty_redemption)
         for currency, gold in self.loyalty_gold_minor.items():
             if gold < self.loyalty_silver_minor.get(currency, 0):
                 raise ValueError(f"LOYALTY_GOLD_MINOR[{currency}] is below LOYALTY_SILVER_MINOR")
@@ -80,7 +78,7 @@ class LoyaltySettings(ServiceSettings):
             multipliers_ppm={Tier[name]: v for name, v in self.loyalty_multipliers_ppm.items()},
             silver_minor=dict(self.loyalty_silver_minor),
             gold_minor=dict(self.loyalty_gold_minor),
-            redemption={c: RedemptionValue(p, m) for c, (p, m) in self.loyalty_redemption.items()},
+            redemption=redemption_values(self.loyalty_redemption),
             expiry_months=self.loyalty_expiry_months,
             expiring_soon=timedelta(days=self.loyalty_expiring_soon_days),
             spend_window_months=self.loyalty_spend_window_months,
