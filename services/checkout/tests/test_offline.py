@@ -132,6 +132,34 @@ def test_unrecordable_sales_are_rejected_kept_in_quarantine_and_can_be_submitted
     )
 
 
+def test_accepted_sales_take_consecutive_receipt_numbers_per_terminal_in_the_order_sent(till: Till) -> None:
+    """A chunk takes its numbers a block per terminal: interleaved terminals each count on without a gap, and a
+    rejected sale or a duplicate takes no number."""
+    first = offline_sale()
+    sales = [first, offline_sale(), offline_sale(tenders=[cash(1)]), offline_sale(), first, offline_sale()]
+    sales[1].terminal_id = sales[5].terminal_id = "till-other"
+    answer = upload(till, sales)
+    outcomes = [r.outcome for r in answer.results]
+    assert outcomes.count(checkout_pb2.OFFLINE_SALE_OUTCOME_ACCEPTED) == 4
+    assert outcomes[2] == checkout_pb2.OFFLINE_SALE_OUTCOME_REJECTED
+    assert outcomes[4] == checkout_pb2.OFFLINE_SALE_OUTCOME_DUPLICATE
+    numbers = [
+        till.stub.GetSale(checkout_pb2.GetSaleRequest(sale_id=answer.results[i].sale_id)).sale.receipt.receipt_number
+        for i in (0, 1, 3, 5)
+    ]
+    assert numbers == [
+        f"{BERLIN}-till-off-1",
+        f"{BERLIN}-till-other-1",
+        f"{BERLIN}-till-off-2",
+        f"{BERLIN}-till-other-2",
+    ]
+    later = upload(till, [offline_sale()])
+    number = till.stub.GetSale(
+        checkout_pb2.GetSaleRequest(sale_id=later.results[0].sale_id)
+    ).sale.receipt.receipt_number
+    assert number == f"{BERLIN}-till-off-3"
+
+
 def test_ten_thousand_sales_in_one_stream_in_bounded_memory(till: Till, checkout: RunningService) -> None:
     count = 10_000
     key = rid()

@@ -10,6 +10,7 @@ quarantine table, where an operator lists it and submits it again (`resubmit`): 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -18,10 +19,10 @@ from sqlalchemy import select, update
 
 from checkout import events, storage
 from checkout.domain.baskets import MAX_ID_LENGTH, MAX_QUANTITY, MAX_SKU_LENGTH
-from checkout.domain.pricing import PricedLine, price_basket, tax_rate
+from checkout.domain.pricing import PricedLine, Pricing, price_basket, tax_rate
 from checkout.domain.receipts import sale_receipt
 from checkout.domain.sales import receipt_number, sale_of
-from checkout.domain.tenders import Tender, TenderKind, settle
+from checkout.domain.tenders import Settlement, Tender, TenderKind, settle
 from checkout.storage.tables import offline_quarantine
 from checkout.use_cases import Rules
 from pos.checkout.v1 import checkout_pb2
@@ -30,6 +31,7 @@ from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.errors import DomainError, identifier_problem
 from storeplane_runtime.event_ids import new_event_id
 from storeplane_runtime.imports import ChunkResult, ImportKind, Tally
+from storeplane_runtime.sql import Db
 from storeplane_runtime.timestamps import from_timestamp
 
 METHOD = "/pos.checkout.v1.CheckoutService/UploadOfflineSales"
@@ -92,21 +94,18 @@ class Known:
     tax_classes: dict[str, str] = field(default_factory=dict)
 
 
-def record(
-    uow: UnitOfWork, rules: Rules, sale: checkout_pb2.OfflineSale, now: datetime, known: Known | None = None
-) -> tuple[int, str]:
-    """Record one offline sale (outcome ACCEPTED or DUPLICATE, and the sale id); Rejected when it cannot be."""
-    problem = shape_problem(sale, rules)
-    if problem is not None:
-        raise Rejected(problem)
-    known = known or Known()
-    conn = uow.connection
-    if known.sales is None:
-        recorded_as = storage.sale_of_client_id(conn, sale.client_sale_id)
-    else:
-        recorded_as = known.sales.get(sale.client_sale_id)
-    if recorded_as is not None:
-        return DUPLICATE, recorded_as
+@dataclass(frozen=True)
+class _Priced:
+    """An offline sale that can be recorded, priced by the store's rules, waiting for its receipt number."""
+
+    sale: checkout_pb2.OfflineSale
+    pricing: Pricing
+    settlement: Settlement
+
+
+def _priced(conn: Db, rules: Rules, sale: checkout_pb2.OfflineSale, known: Known) -> _Priced:
+    """The sale's amounts (its shape checked) recomputed from the store's rules and the prices charged; Rejected
+    when it cannot be."""
     store = rules.stores[sale.store_id]
     lines = []
     for line in sale.lines:
@@ -127,32 +126,81 @@ def record(
     ]
     try:
         pricing = price_basket(store, lines)
-        settlement = settle(store, pricing.total, tenders)
+        return _Priced(sale, pricing, settle(store, pricing.total, tenders))
     except DomainError as exc:
         raise Rejected(f"{exc.reason}: {exc.message}") from exc
-    number = storage.next_receipt_number(conn, sale.store_id, sale.terminal_id, "S")
-    recorded = sale_of(
-        sale_id=new_event_id(),
-        basket_id="",
-        client_sale_id=sale.client_sale_id,
-        store_id=sale.store_id,
-        terminal_id=sale.terminal_id,
-        cashier_id=sale.cashier_id,
-        customer_id=sale.customer_id,
-        lines=[(str(i + 1), line.barcode[:64], line.name[:200] or line.sku) for i, line in enumerate(sale.lines)],
-        pricing=pricing,
-        settlement=settlement,
-        completed_at=as_utc(from_timestamp(sale.sold_at)),
-        offline=True,
-        receipt_number=receipt_number(sale.store_id, sale.terminal_id, number),
-    )
-    recorded = replace(recorded, receipt_lines=sale_receipt(recorded, store))
-    storage.insert_sale(conn, recorded)
-    event = events.sale_completed(
-        recorded, loyalty_card_number=sale.loyalty_card_number[:32], hold=False, reservation=False
-    )
-    uow.publish(event, subject=recorded.customer_id, store_id=recorded.store_id)
-    return ACCEPTED, recorded.sale_id
+
+
+def record_many(
+    uow: UnitOfWork, rules: Rules, sales: Sequence[checkout_pb2.OfflineSale], known: Known | None = None
+) -> list[tuple[int, str] | Rejected]:
+    """Record offline sales: per sale, in order, its outcome (ACCEPTED or DUPLICATE) and sale id, or why it was
+    Rejected. The accepted ones take their receipt numbers a block per terminal (counters locked in key order) and
+    are inserted in one statement."""
+    known = known or Known()
+    conn = uow.connection
+    outcomes: list[tuple[int, str] | Rejected] = []
+    accepted: list[tuple[str, _Priced]] = []
+    for sale in sales:
+        try:
+            shape = shape_problem(sale, rules)
+            if shape is not None:
+                raise Rejected(shape)
+            if known.sales is None:
+                recorded_as = storage.sale_of_client_id(conn, sale.client_sale_id)
+            else:
+                recorded_as = known.sales.get(sale.client_sale_id)
+            if recorded_as is not None:
+                outcomes.append((DUPLICATE, recorded_as))
+                continue
+            priced = _priced(conn, rules, sale, known)
+        except Rejected as rejected:
+            outcomes.append(rejected)
+            continue
+        sale_id = new_event_id()
+        if known.sales is not None:
+            known.sales[sale.client_sale_id] = sale_id  # the same sale again in this list: a duplicate
+        accepted.append((sale_id, priced))
+        outcomes.append((ACCEPTED, sale_id))
+    blocks = Counter((p.sale.store_id, p.sale.terminal_id) for _, p in accepted)
+    numbers = {
+        key: storage.next_receipt_numbers(conn, key[0], key[1], "S", count) for key, count in sorted(blocks.items())
+    }
+    recorded_sales = []
+    for sale_id, priced in accepted:
+        sale, key = priced.sale, (priced.sale.store_id, priced.sale.terminal_id)
+        number, numbers[key] = numbers[key], numbers[key] + 1
+        recorded = sale_of(
+            sale_id=sale_id,
+            basket_id="",
+            client_sale_id=sale.client_sale_id,
+            store_id=sale.store_id,
+            terminal_id=sale.terminal_id,
+            cashier_id=sale.cashier_id,
+            customer_id=sale.customer_id,
+            lines=[(str(i + 1), line.barcode[:64], line.name[:200] or line.sku) for i, line in enumerate(sale.lines)],
+            pricing=priced.pricing,
+            settlement=priced.settlement,
+            completed_at=as_utc(from_timestamp(sale.sold_at)),
+            offline=True,
+            receipt_number=receipt_number(sale.store_id, sale.terminal_id, number),
+        )
+        recorded = replace(recorded, receipt_lines=sale_receipt(recorded, rules.stores[sale.store_id]))
+        recorded_sales.append(recorded)
+        event = events.sale_completed(
+            recorded, loyalty_card_number=sale.loyalty_card_number[:32], hold=False, reservation=False
+        )
+        uow.publish(event, subject=recorded.customer_id, store_id=recorded.store_id)
+    storage.insert_sales(conn, recorded_sales)
+    return outcomes
+
+
+def record(uow: UnitOfWork, rules: Rules, sale: checkout_pb2.OfflineSale) -> tuple[int, str]:
+    """Record one offline sale (outcome ACCEPTED or DUPLICATE, and the sale id); Rejected when it cannot be."""
+    [outcome] = record_many(uow, rules, [sale])
+    if isinstance(outcome, Rejected):
+        raise outcome
+    return outcome
 
 
 def quarantine(uow: UnitOfWork, sale: checkout_pb2.OfflineSale, reason: str, caller: str, now: datetime) -> None:
@@ -221,15 +269,14 @@ def upload_kind(
         done: dict[int, checkout_pb2.OfflineSaleResult] = {}
         # Within a chunk every client_sale_id is distinct (the engine's dedupe key): one lookup serves them all.
         known = Known(storage.sales_of_client_ids(uow.connection, [sale.client_sale_id for _, sale in rows]))
-        for number, sale in rows:
-            try:
-                outcome, sale_id = record(uow, rules, sale, now, known)
-            except Rejected as rejected:
-                quarantine(uow, sale, rejected.reason, caller, now)
+        for (number, sale), recorded in zip(rows, record_many(uow, rules, [s for _, s in rows], known), strict=True):
+            if isinstance(recorded, Rejected):
+                quarantine(uow, sale, recorded.reason, caller, now)
                 done[number] = checkout_pb2.OfflineSaleResult(
-                    client_sale_id=sale.client_sale_id[:200], outcome=REJECTED, reason=rejected.reason
+                    client_sale_id=sale.client_sale_id[:200], outcome=REJECTED, reason=recorded.reason
                 )
                 continue
+            outcome, sale_id = recorded
             if outcome == ACCEPTED:
                 chunk.created += 1
             else:
@@ -301,7 +348,7 @@ def resubmit(
             raise LookupError(f"no waiting quarantined sale {quarantine_id}")
         offered = sale if sale is not None else checkout_pb2.OfflineSale.FromString(row.sale)
         try:
-            outcome, sale_id = record(uow, rules, offered, now)
+            outcome, sale_id = record(uow, rules, offered)
         except Rejected as rejected:
             uow.rollback()
             with UnitOfWork(database, source="checkout") as again:

@@ -6,28 +6,51 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 
 from checkout.domain.refunds import LineRefund
 from checkout.domain.sales import ReturnedLine, ReturnReason, Sale, SaleLine, SaleReturn
 from checkout.domain.tenders import PaidTender, Tender, TenderKind
 from checkout.storage.tables import receipt_counters, sale_returns, sales
 from storeplane_runtime.clock import as_utc
-from storeplane_runtime.sql import Db, insert_for
+from storeplane_runtime.sql import Db, insert_for, is_postgres
 
 _s = sales
 _r = sale_returns
 _c = receipt_counters
 
 
+def _next_numbers_statement(conn: Db) -> Any:
+    """The counter upsert of this connection's dialect, built once per dialect."""
+    dialect = "postgresql" if is_postgres(conn) else "sqlite"
+    stmt = _NEXT_NUMBERS.get(dialect)
+    if stmt is None:
+        insert = insert_for(conn, _c).values(
+            store_id=bindparam("k_store"),
+            terminal_id=bindparam("k_terminal"),
+            kind=bindparam("k_kind"),
+            last_number=bindparam("k_count"),
+        )
+        stmt = _NEXT_NUMBERS[dialect] = insert.on_conflict_do_update(
+            index_elements=[_c.c.store_id, _c.c.terminal_id, _c.c.kind],
+            set_={"last_number": _c.c.last_number + insert.excluded.last_number},
+        ).returning(_c.c.last_number)
+    return stmt
+
+
+_NEXT_NUMBERS: dict[str, Any] = {}
+
+
+def next_receipt_numbers(conn: Db, store_id: str, terminal_id: str, kind: str, count: int = 1) -> int:
+    """The first of the terminal's next `count` numbers of `kind` (the rest follow it); the counter row stays locked
+    until the transaction ends, so numbers of committed sales have no gaps and never repeat."""
+    params = {"k_store": store_id, "k_terminal": terminal_id, "k_kind": kind, "k_count": count}
+    return int(conn.execute(_next_numbers_statement(conn), params).scalar_one()) - count + 1
+
+
 def next_receipt_number(conn: Db, store_id: str, terminal_id: str, kind: str) -> int:
-    """The terminal's next number of `kind`; the counter row stays locked until the transaction ends, so numbers of
-    committed sales have no gaps and never repeat."""
-    stmt = insert_for(conn, _c).values(store_id=store_id, terminal_id=terminal_id, kind=kind, last_number=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[_c.c.store_id, _c.c.terminal_id, _c.c.kind], set_={"last_number": _c.c.last_number + 1}
-    ).returning(_c.c.last_number)
-    return int(conn.execute(stmt).scalar_one())
+    """The terminal's next number of `kind` (see next_receipt_numbers)."""
+    return next_receipt_numbers(conn, store_id, terminal_id, kind)
 
 
 def _tender_json(tender: Tender) -> list[Any]:
@@ -71,35 +94,46 @@ def _sale_line_of(raw: list[Any]) -> SaleLine:
     )
 
 
+def _sale_row(sale: Sale) -> dict[str, Any]:
+    return {
+        "sale_id": sale.sale_id,
+        "basket_id": sale.basket_id or None,
+        "client_sale_id": sale.client_sale_id or None,
+        "store_id": sale.store_id,
+        "terminal_id": sale.terminal_id,
+        "cashier_id": sale.cashier_id,
+        "customer_id": sale.customer_id,
+        "currency": sale.currency,
+        "tax_inclusive": sale.tax_inclusive,
+        "lines": [_sale_line_json(line) for line in sale.lines],
+        "tenders": [[*_tender_json(p.tender), p.applied] for p in sale.tenders],
+        "subtotal": sale.subtotal,
+        "discount_total": sale.discount_total,
+        "tax_total": sale.tax_total,
+        "total": sale.total,
+        "points_redeemed": sale.points_redeemed,
+        "cash_rounding": sale.cash_rounding,
+        "amount_paid": sale.amount_paid,
+        "change_due": sale.change_due,
+        "cash_increment": sale.cash_increment,
+        "completed_at": sale.completed_at,
+        "offline": sale.offline,
+        "receipt_number": sale.receipt_number,
+        "receipt_lines": list(sale.receipt_lines),
+    }
+
+
+_INSERT_SALE = _s.insert()  # built once; the values come as parameters
+
+
 def insert_sale(conn: Db, sale: Sale) -> None:
-    conn.execute(
-        _s.insert().values(
-            sale_id=sale.sale_id,
-            basket_id=sale.basket_id or None,
-            client_sale_id=sale.client_sale_id or None,
-            store_id=sale.store_id,
-            terminal_id=sale.terminal_id,
-            cashier_id=sale.cashier_id,
-            customer_id=sale.customer_id,
-            currency=sale.currency,
-            tax_inclusive=sale.tax_inclusive,
-            lines=[_sale_line_json(line) for line in sale.lines],
-            tenders=[[*_tender_json(p.tender), p.applied] for p in sale.tenders],
-            subtotal=sale.subtotal,
-            discount_total=sale.discount_total,
-            tax_total=sale.tax_total,
-            total=sale.total,
-            points_redeemed=sale.points_redeemed,
-            cash_rounding=sale.cash_rounding,
-            amount_paid=sale.amount_paid,
-            change_due=sale.change_due,
-            cash_increment=sale.cash_increment,
-            completed_at=sale.completed_at,
-            offline=sale.offline,
-            receipt_number=sale.receipt_number,
-            receipt_lines=list(sale.receipt_lines),
-        )
-    )
+    conn.execute(_INSERT_SALE, _sale_row(sale))
+
+
+def insert_sales(conn: Db, sales: Sequence[Sale]) -> None:
+    """Several sales in one round trip (an offline upload's chunk)."""
+    if sales:
+        conn.execute(_INSERT_SALE, [_sale_row(sale) for sale in sales])
 
 
 def _sale_of(row: Any, return_ids: Sequence[str] = ()) -> Sale:
