@@ -255,10 +255,14 @@ def test_a_sale_through_the_gateway_is_one_trace_across_grpc_sql_and_rabbitmq_an
         ["OpenBasket", *(["ScanItem"] * len(items)), "AttachCustomer", "RedeemPoints", "CompleteSale"]
     )
     assert all(s.parent_id == edge for s in fronted)
-    # checkout serves each as a child of the gateway's span.
+    # checkout serves each as a child of the gateway's CLIENT span of the call, itself a child of the gateway's
+    # SERVER span of the same method.
     served = [s for s in every if s.service == "checkout" and s.kind == SERVER]
     assert len(served) == len(fronted)
-    assert all(spans[s.parent_id].service == "gateway" for s in served)
+    for span in served:
+        forwarding = spans[span.parent_id]
+        assert (forwarding.service, forwarding.kind, forwarding.name) == ("gateway", CLIENT, span.name), span
+        assert spans[forwarding.parent_id] in fronted and spans[forwarding.parent_id].name == span.name
     (complete,) = [s for s in served if s.name.endswith("/CompleteSale")]
     # checkout's CLIENT calls to its peers, each served by the peer as its child.
     for peer in ("stock", "customer", "loyalty"):

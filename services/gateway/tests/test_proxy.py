@@ -384,31 +384,54 @@ def test_without_exported_spans_the_callers_trace_context_passes_through_untouch
     assert state.metadata["traceparent"] == traceparent
 
 
-def test_with_exported_spans_the_gateways_span_parents_the_backends(
+def test_with_exported_spans_the_gateways_client_span_parents_the_backends(
     backend: tuple[Backend, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As the gateway runs when OTEL_* names an exporter: OpenTelemetry's server interceptor makes a span per call,
-    and the traceparent the backend gets names that span, in the caller's trace."""
+    """As the gateway runs when OTEL_* names an exporter: OpenTelemetry's server interceptor makes a SERVER span per
+    call, the gateway a CLIENT span of the backend call under it, and the traceparent the backend gets names that
+    CLIENT span, in the caller's trace; a failed call's CLIENT span carries the backend's status."""
     from opentelemetry.instrumentation.grpc import server_interceptor
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
 
     import gateway.proxy
 
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
     monkeypatch.setattr(gateway.proxy, "tracing_exported", lambda: True)
+    monkeypatch.setattr(gateway.proxy, "_tracer", provider.get_tracer("test"))
     state, backend_port = backend
     upstream = backend_channel(f"127.0.0.1:{backend_port}")
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[server_interceptor(tracer_provider=TracerProvider())]
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[server_interceptor(tracer_provider=provider)]
     )
     server.add_generic_rpc_handlers((Router({SERVICE: upstream}, method_kind, DEFAULT_TIMEOUT),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    edge = (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as caller:
-            uu(caller, "Echo")(b"", timeout=WAIT, metadata=(("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"),))
+            uu(caller, "Echo")(b"", timeout=WAIT, metadata=edge)
+            version, trace_id, parent_span, _flags = str(state.metadata["traceparent"]).split("-")
+            with pytest.raises(grpc.RpcError):
+                uu(caller, "Fail")(b"", timeout=WAIT, metadata=edge)
     finally:
         server.stop(None)
         upstream.close()
-    version, trace_id, parent_span, _flags = str(state.metadata["traceparent"]).split("-")
+    spans = exported.get_finished_spans()
+    served = [s for s in spans if s.kind is SpanKind.SERVER]
+    calls = [s for s in spans if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in calls] == [f"/{SERVICE}/Echo", f"/{SERVICE}/Fail"]
+    echo, fail = calls
     assert (version, trace_id) == ("00", CALLER_TRACE)
-    assert parent_span not in {CALLER_SPAN, "0" * 16}  # the gateway's own span
+    assert parent_span == format(echo.context.span_id, "016x")  # the backend's parent: the gateway's CLIENT span
+    assert echo.parent is not None and echo.parent.span_id == served[0].context.span_id
+    assert served[0].parent is not None and format(served[0].parent.span_id, "016x") == CALLER_SPAN
+    assert echo.attributes is not None and fail.attributes is not None
+    assert (echo.attributes["rpc.service"], echo.attributes["rpc.method"]) == (SERVICE, "Echo")
+    assert echo.attributes["rpc.grpc.status_code"] == 0
+    assert fail.attributes["rpc.grpc.status_code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert not fail.status.is_ok

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 import grpc
 import grpc.experimental
 from google.protobuf import descriptor_pool
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY, tracing_exported
 
@@ -37,6 +37,7 @@ __all__ = ["MethodKind", "Router", "backend_channel", "descriptor_method_kind", 
 
 log = logging.getLogger(__name__)
 _rpc_log = logging.getLogger("storeplane.rpc")
+_tracer = trace.get_tracer("storeplane.gateway")
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -155,16 +156,52 @@ def _peer_address(peer: str) -> str:
     return peer
 
 
-def _forward_metadata(context: grpc.ServicerContext) -> Metadata:
-    """The caller's metadata for the backend, with the caller appended to ``x-forwarded-for``."""
+def _client_span(method: str) -> trace.Span | None:
+    """When spans are exported: the gateway's CLIENT span of the backend call (a child of its SERVER span, the parent
+    of the backend's), named like every gRPC span here (`/pkg.Service/Method`). None otherwise."""
+    if not tracing_exported():
+        return None
+    service, _, name = method.lstrip("/").partition("/")
+    return _tracer.start_span(
+        method,
+        kind=trace.SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+
+
+def _end_span(span: trace.Span | None, code: grpc.StatusCode) -> None:
+    if span is not None:
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code is not grpc.StatusCode.OK:
+            span.set_status(trace.StatusCode.ERROR, code.name)
+        span.end()
+
+
+def _ending(messages: Iterator[bytes], span: trace.Span | None, context: grpc.ServicerContext) -> Iterator[bytes]:
+    """A relayed response stream that ends the call's CLIENT span when it ends, with the status the caller got."""
+    if span is None:
+        return messages
+
+    def relay() -> Iterator[bytes]:
+        try:
+            yield from messages
+        finally:
+            code = context.code()  # type: ignore[attr-defined]  # set when the relay aborted the call
+            _end_span(span, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK)
+
+    return relay()
+
+
+def _forward_metadata(context: grpc.ServicerContext, span: trace.Span | None = None) -> Metadata:
+    """The caller's metadata for the backend, with the caller appended to ``x-forwarded-for``; with `span` (the
+    gateway's CLIENT span of the call), its trace context, which parents the backend's span."""
     incoming = context.invocation_metadata()
     forwarded = [str(value) for key, value in incoming if key == "x-forwarded-for"]
     forwarded.append(_peer_address(context.peer()))
     relayed = _relayable(incoming)
-    if tracing_exported():
-        # The gateway's own span (its server interceptor runs when spans are exported) parents the backend's.
+    if span is not None:
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
         if carrier:
             relayed = (*((k, v) for k, v in relayed if k not in carrier), *carrier.items())
     return (*relayed, ("x-forwarded-for", ", ".join(forwarded)))
@@ -303,21 +340,28 @@ class Router(grpc.GenericRpcHandler):
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             started = time.perf_counter()
-            call: Any = upstream(
-                request, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context)
-            )
-            _bind_cancel(context, call)
+            span = _client_span(method)
+            code = grpc.StatusCode.OK
             try:
-                response: bytes | None = next(call, None)
-                extra = next(call, None)  # the status: a unary backend ends after one message
-            except grpc.RpcError as error:
-                _answer_failure(context, call, error, service, observed, started)
-            if response is None or extra is not None:
-                call.cancel()
-                observed.done(started, grpc.StatusCode.INTERNAL)
-                context.abort(grpc.StatusCode.INTERNAL, f"gateway: backend for {service} broke unary {method}")
-            _answer_success(context, call, observed, started)
-            return response
+                call: Any = upstream(
+                    request, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context, span)
+                )
+                _bind_cancel(context, call)
+                try:
+                    response: bytes | None = next(call, None)
+                    extra = next(call, None)  # the status: a unary backend ends after one message
+                except grpc.RpcError as error:
+                    code = _code_of(error)
+                    _answer_failure(context, call, error, service, observed, started)
+                if response is None or extra is not None:
+                    call.cancel()
+                    code = grpc.StatusCode.INTERNAL
+                    observed.done(started, code)
+                    context.abort(code, f"gateway: backend for {service} broke unary {method}")
+                _answer_success(context, call, observed, started)
+                return response
+            finally:
+                _end_span(span, code)
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
@@ -329,9 +373,11 @@ class Router(grpc.GenericRpcHandler):
 
         def forward(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             started = time.perf_counter()
-            call = upstream(request, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context))
+            span = _client_span(method)
+            metadata = _forward_metadata(context, span)
+            call = upstream(request, timeout=_timeout(context, default_timeout), metadata=metadata)
             _bind_cancel(context, call)
-            return _relay_server_stream(context, call, service, observed, started)
+            return _ending(_relay_server_stream(context, call, service, observed, started), span, context)
 
         return grpc.unary_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
@@ -344,19 +390,26 @@ class Router(grpc.GenericRpcHandler):
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
             # The caller's request iterator is handed on as is: gRPC reads it as the caller sends.
             started = time.perf_counter()
-            call = upstream.future(
-                requests, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context)
-            )
-            _bind_cancel(context, call)
+            span = _client_span(method)
+            code = grpc.StatusCode.OK
             try:
-                response: bytes = call.result()
-            except grpc.RpcError as error:
-                _answer_failure(context, call, error, service, observed, started)
-            except grpc.FutureCancelledError:
-                observed.done(started, grpc.StatusCode.CANCELLED)
-                context.abort(grpc.StatusCode.CANCELLED, "gateway: call cancelled")
-            _answer_success(context, call, observed, started)
-            return response
+                call = upstream.future(
+                    requests, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context, span)
+                )
+                _bind_cancel(context, call)
+                try:
+                    response: bytes = call.result()
+                except grpc.RpcError as error:
+                    code = _code_of(error)
+                    _answer_failure(context, call, error, service, observed, started)
+                except grpc.FutureCancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    observed.done(started, code)
+                    context.abort(code, "gateway: call cancelled")
+                _answer_success(context, call, observed, started)
+                return response
+            finally:
+                _end_span(span, code)
 
         return grpc.stream_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
@@ -368,9 +421,11 @@ class Router(grpc.GenericRpcHandler):
 
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
             started = time.perf_counter()
-            call = upstream(requests, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context))
+            span = _client_span(method)
+            metadata = _forward_metadata(context, span)
+            call = upstream(requests, timeout=_timeout(context, default_timeout), metadata=metadata)
             _bind_cancel(context, call)
-            return _relay_bidi(context, call, service, observed, started)
+            return _ending(_relay_bidi(context, call, service, observed, started), span, context)
 
         return grpc.stream_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
