@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
+import grpc
 import pytest
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -22,9 +23,10 @@ from sqlalchemy import text
 
 from pos.checkout.v1 import events_pb2 as checkout_events
 from pos.common.v1 import common_pb2
-from storeplane_runtime import db, telemetry
+from storeplane_runtime import db, interceptors, telemetry
 from storeplane_runtime.db import Database, UnitOfWork
 from storeplane_runtime.driver import driver_execute
+from storeplane_runtime.errors import NotFound
 from storeplane_runtime.interceptors import ServiceInterceptor
 from storeplane_runtime.logs import JsonFormatter
 from storeplane_runtime.messaging import consumers as consumers_module
@@ -48,6 +50,7 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     monkeypatch.setattr(telemetry, "_sql_tracer", provider.get_tracer("storeplane.sql"))
     monkeypatch.setattr(relay_module, "tracer", provider.get_tracer("storeplane.messaging"))
     monkeypatch.setattr(consumers_module, "tracer", provider.get_tracer("storeplane.messaging"))
+    monkeypatch.setattr(interceptors, "_tracer", provider.get_tracer("storeplane.grpc"))
     db.trace_statements()
     try:
         yield exporter
@@ -304,6 +307,7 @@ class _Context:
 
     def __init__(self, traceparent: str) -> None:
         self._metadata = (("traceparent", traceparent),)
+        self._code: grpc.StatusCode | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -311,8 +315,12 @@ class _Context:
     def time_remaining(self) -> float:
         return 5.0
 
-    def code(self) -> None:
-        return None
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self._code = status.code
+        raise Exception("aborted")  # as grpc's context does
 
 
 def test_the_line_of_an_rpc_carries_the_callers_trace_id_when_spans_are_not_exported() -> None:
@@ -369,3 +377,48 @@ def test_on_the_in_process_bus_the_handling_is_a_child_of_the_publish_of_the_cal
         attributes = dict(span.attributes or {})
         assert attributes["messaging.system"] == "storeplane_inprocess"
         assert attributes["messaging.message.id"] == event_id
+
+
+def test_with_spans_exported_each_call_is_a_server_span_child_of_the_callers_with_its_status(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The service interceptor's own SERVER span: named by the method, a child of the caller's traceparent, current
+    while the handler runs; its status is ERROR only for a fault of the server (INTERNAL), not for a refusal."""
+    interceptor = ServiceInterceptor(ErrorMapper(domain="test.storeplane"), 5.0, spans=True)
+    service = "pos.test.v1.TestService"
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    def current(request: object, context: object) -> int:
+        return trace.get_current_span().get_span_context().span_id
+
+    def refuse(request: object, context: object) -> None:
+        raise NotFound("no such thing")
+
+    def fail(request: object, context: object) -> None:
+        raise RuntimeError("bug")
+
+    inner = interceptor._wrap_unary(current, service, "Echo")("x", _Context(caller))
+    for handler, name in ((refuse, "Refuse"), (fail, "Fail")):
+        with pytest.raises(Exception, match="aborted"):
+            interceptor._wrap_unary(handler, service, name)("x", _Context(caller))
+    echo, refused, failed = spans.get_finished_spans()
+    assert echo.name == f"/{service}/Echo" and echo.kind is trace.SpanKind.SERVER
+    assert echo.context.span_id == inner  # current while the handler ran
+    assert echo.parent is not None and format(echo.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert format(echo.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert echo.attributes == {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": "Echo",
+        "rpc.grpc.status_code": 0,
+    }
+    assert (
+        refused.attributes is not None
+        and refused.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    )
+    assert refused.status.is_unset
+    assert (
+        failed.attributes is not None and failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
+    )
+    assert failed.status.status_code is trace.StatusCode.ERROR
+    assert trace.get_current_span().get_span_context().span_id != inner  # detached after the call

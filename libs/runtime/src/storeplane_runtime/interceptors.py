@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -47,6 +47,40 @@ def _attach_trace_context(context: grpc.ServicerContext) -> Token[Context]:
     return otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
 
 
+_tracer = trace.get_tracer("storeplane.grpc")
+# Codes that are the server's failure (OpenTelemetry's RPC conventions): the span's status is ERROR for these only.
+_SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
+
+
+def _start_server_span(context: grpc.ServicerContext, service: str, name: str) -> tuple[trace.Span, Token[Context]]:
+    """The call's SERVER span (RPC semantic conventions), a child of the caller's W3C trace context, made current.
+    OpenTelemetry's own server interceptor does the same and more (peer addresses, a wrapped servicer context) at a
+    cost per call the sale flow's tracing budget cannot afford."""
+    carrier = {key: str(value) for key, value in context.invocation_metadata() or () if key in _TRACE_KEYS}
+    parent = propagate.extract(carrier)
+    span = _tracer.start_span(
+        f"/{service}/{name}",
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+    return span, otel_context.attach(trace.set_span_in_context(span, parent))
+
+
+def _end_server_span(span: trace.Span, token: Token[Context], code: str) -> None:
+    if span.is_recording():
+        status = getattr(grpc.StatusCode, code, None)
+        if status is not None:
+            span.set_attribute("rpc.grpc.status_code", status.value[0])
+        if code in _SERVER_FAULTS:
+            span.set_status(trace.StatusCode.ERROR, code)
+    span.end()
+    otel_context.detach(token)
+
+
+_TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Wraps each handler: applies a default deadline, records metrics and one log line, and turns
     exceptions into statuses — domain errors by the service's table, anything else INTERNAL without a
@@ -54,9 +88,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     With `trace_context`, it also sets the call's trace context (see `_attach_trace_context`): what
     OpenTelemetry's server interceptor does with a sampler that records nothing, at a fraction of the cost
-    per call. The host uses it when spans are not exported, and OpenTelemetry's interceptor when they are."""
+    per call. The host uses it when spans are not exported. With `spans` (when they are), it makes each call's
+    SERVER span instead (`_start_server_span`), the sampler deciding whether it is recorded."""
 
-    def __init__(self, mapper: ErrorMapper, default_deadline: float, *, trace_context: bool = False) -> None:
+    def __init__(
+        self, mapper: ErrorMapper, default_deadline: float, *, trace_context: bool = False, spans: bool = False
+    ) -> None:
+        self._spans = spans
         self._mapper = mapper
         self._default_deadline = default_deadline
         self._trace_context = trace_context
@@ -108,13 +146,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             token = set_deadline(self._budget(context))
             trace_token = _attach_trace_context(context) if self._trace_context else None
+            span = _start_server_span(context, service, name) if self._spans else None
             try:
                 return behaviour(request, context)
             except Exception as exc:
                 self._abort(exc, context, service, name)
                 raise  # unreachable: _abort always raises
             finally:
-                self._record(context, service, name, started)  # in the call's trace context: its log line has the ids
+                code = self._record(context, service, name, started)  # in the call's trace context: its log line
+                if span is not None:
+                    _end_server_span(*span, code)
                 if trace_token is not None:
                     otel_context.detach(trace_token)
                 reset_deadline(token)
@@ -126,12 +167,15 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             started = time.perf_counter()
             token = set_deadline(self._budget(context))
             trace_token = _attach_trace_context(context) if self._trace_context else None
+            span = _start_server_span(context, service, name) if self._spans else None
             try:
                 yield from behaviour(request, context)
             except Exception as exc:
                 self._abort(exc, context, service, name)
             finally:
-                self._record(context, service, name, started)  # in the call's trace context: its log line has the ids
+                code = self._record(context, service, name, started)  # in the call's trace context: its log line
+                if span is not None:
+                    _end_server_span(*span, code)
                 if trace_token is not None:
                     otel_context.detach(trace_token)
                 reset_deadline(token)
@@ -167,7 +211,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         )
 
     @staticmethod
-    def _record(context: grpc.ServicerContext, service: str, name: str, started: float) -> None:
+    def _record(context: grpc.ServicerContext, service: str, name: str, started: float) -> str:
+        """Count and time the call, log its line; returns its status code's name."""
         elapsed = time.perf_counter() - started
         code = _code_name(context)
         RPC_HANDLED.labels(service, name, code).inc()
@@ -176,6 +221,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             log.info(
                 "rpc", extra={"grpc_method": f"{service}/{name}", "grpc_code": code, "ms": round(elapsed * 1e3, 3)}
             )
+        return code
 
 
 def _code_name(context: grpc.ServicerContext) -> str:

@@ -77,7 +77,7 @@ class ServiceHost:
         serve_metrics(s.metrics_port)
         chain: list[grpc.ServerInterceptor] = []
         exported = tracing_exported()
-        if exported:  # spans go somewhere: OpenTelemetry's interceptor makes them
+        if exported and not self.standard_interceptors:  # a bare chain (the gateway): OpenTelemetry's spans
             chain.append(otel_server_interceptor())
         if self.standard_interceptors:
             chain.append(
@@ -85,6 +85,7 @@ class ServiceHost:
                     ErrorMapper(domain=f"{s.service_name}.storeplane", table=self.error_table),
                     s.default_deadline_seconds,
                     trace_context=not exported,  # trace ids for logs and events, without spans
+                    spans=exported,  # spans go somewhere: a SERVER span per call
                 )
             )
         if self.standard_interceptors and self.authorise:

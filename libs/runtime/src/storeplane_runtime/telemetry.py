@@ -145,7 +145,6 @@ def statement_span(statement: str, system: str, namespace: str | None) -> trace.
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
     attributes = {
         "db.system.name": system,
-        "db.system": system,
         "db.operation.name": operation,
         "db.query.text": statement[:2000],
     }
