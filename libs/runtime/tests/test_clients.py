@@ -11,7 +11,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan
 
+from storeplane_runtime import clients
 from storeplane_runtime.clients import PeerChannels
 from storeplane_runtime.server import ServiceHost
 from storeplane_runtime.settings import ServiceSettings
@@ -27,9 +34,11 @@ class Peer:
         self.failures = failures
         self.calls: dict[str, int] = {}
         self.time_remaining: list[float | None] = []
+        self.traceparents: list[str | bytes | None] = []
 
     def handler(self, method: str):
         def behave(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.traceparents.append(dict(context.invocation_metadata()).get("traceparent"))
             self.calls[method] = self.calls.get(method, 0) + 1
             self.time_remaining.append(context.time_remaining())
             if self.calls[method] <= self.failures:
@@ -95,6 +104,61 @@ def test_peer_down_fails_fast_with_unavailable() -> None:
         channel.unary_unary(f"/{SERVICE}/Read")(b"x", timeout=3)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     channels.close()
+
+
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_call_carries_the_trace_of_the_call_being_served_when_no_spans_are_exported(
+    peer: tuple[Peer, str],
+) -> None:
+    backend, address = peer
+    backend.failures = 0
+    channels = PeerChannels(default_timeout=5)
+    served = trace.set_span_in_context(
+        NonRecordingSpan(trace.get_current_span(propagate.extract({"traceparent": CALLER})).get_span_context())
+    )
+    token = otel_context.attach(served)
+    try:
+        channels.channel(address, service=SERVICE).unary_unary(f"/{SERVICE}/Read")(b"x")
+    finally:
+        otel_context.detach(token)
+        channels.close()
+    assert backend.traceparents[-1] == CALLER
+
+
+def test_with_spans_exported_a_call_is_a_client_span_that_parents_the_peers(
+    peer: tuple[Peer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call: a CLIENT span, a child of the call being served, named by the method, ended with the peer's
+    status (ERROR when it failed); the traceparent the peer gets names it."""
+    backend, address = peer
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    monkeypatch.setattr(clients, "tracing_exported", lambda: True)
+    monkeypatch.setattr(clients, "_tracer", provider.get_tracer("test"))
+    channels = PeerChannels(default_timeout=5)
+    channel = channels.channel(address, service=SERVICE)
+    try:
+        with provider.get_tracer("test").start_as_current_span("served") as served:
+            with pytest.raises(grpc.RpcError):
+                channel.unary_unary(f"/{SERVICE}/Write")(b"x")  # the peer's first calls fail UNAVAILABLE
+            backend.failures = 0
+            assert channel.unary_unary(f"/{SERVICE}/Read")(b"x") == b"x"
+    finally:
+        channels.close()
+    failed, read, _served = exported.get_finished_spans()
+    assert [failed.name, read.name] == [f"/{SERVICE}/Write", f"/{SERVICE}/Read"]
+    for span in (failed, read):
+        assert span.kind is trace.SpanKind.CLIENT
+        assert span.parent is not None and span.parent.span_id == served.get_span_context().span_id
+    assert read.attributes is not None and read.attributes["rpc.grpc.status_code"] == 0 and read.status.is_unset
+    assert failed.attributes is not None
+    assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert failed.status.status_code is trace.StatusCode.ERROR
+    _version, trace_id, parent_id, _flags = str(backend.traceparents[-1]).split("-")
+    assert (trace_id, parent_id) == (f"{read.context.trace_id:032x}", f"{read.context.span_id:016x}")
 
 
 def test_console_exporter_chosen_by_otel_variable_prints_server_spans(tmp_path: Path) -> None:

@@ -387,27 +387,26 @@ def test_without_exported_spans_the_callers_trace_context_passes_through_untouch
 def test_with_exported_spans_the_gateways_client_span_parents_the_backends(
     backend: tuple[Backend, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """As the gateway runs when OTEL_* names an exporter: OpenTelemetry's server interceptor makes a SERVER span per
-    call, the gateway a CLIENT span of the backend call under it, and the traceparent the backend gets names that
-    CLIENT span, in the caller's trace; a failed call's CLIENT span carries the backend's status."""
-    from opentelemetry.instrumentation.grpc import server_interceptor
+    """As the gateway runs when OTEL_* names an exporter: the kit's ServerSpans makes a SERVER span per call, the
+    gateway a CLIENT span of the backend call under it, and the traceparent the backend gets names that CLIENT span,
+    in the caller's trace; a failed call's spans carry the backend's status."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind
 
     import gateway.proxy
+    from storeplane_runtime import interceptors
 
     exported = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exported))
     monkeypatch.setattr(gateway.proxy, "tracing_exported", lambda: True)
     monkeypatch.setattr(gateway.proxy, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(interceptors, "_tracer", provider.get_tracer("test"))
     state, backend_port = backend
     upstream = backend_channel(f"127.0.0.1:{backend_port}")
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[server_interceptor(tracer_provider=provider)]
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[interceptors.ServerSpans()])
     server.add_generic_rpc_handlers((Router({SERVICE: upstream}, method_kind, DEFAULT_TIMEOUT),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -435,3 +434,6 @@ def test_with_exported_spans_the_gateways_client_span_parents_the_backends(
     assert echo.attributes["rpc.grpc.status_code"] == 0
     assert fail.attributes["rpc.grpc.status_code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert not fail.status.is_ok
+    assert [s.name for s in served] == [f"/{SERVICE}/Echo", f"/{SERVICE}/Fail"]
+    assert served[1].attributes is not None
+    assert served[1].attributes["rpc.grpc.status_code"] == grpc.StatusCode.FAILED_PRECONDITION.value[0]

@@ -81,7 +81,56 @@ def _end_server_span(span: trace.Span, token: Token[Context], code: str) -> None
 _TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
+class HandlerWrapper(grpc.ServerInterceptor):
+    """A server interceptor that wraps each method's handler once (`wrap`) and hands out that wrapper on every call
+    (grpc asks for the handler on every call; the wrapper is remade only if the handler is another)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+    def passes(self, method: str) -> bool:
+        """Whether calls of `method` go through unwrapped (none, unless a subclass says so)."""
+        return False
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        handler = continuation(handler_call_details)
+        if handler is None or self.passes(method):
+            return handler  # None: not served here, gRPC answers UNIMPLEMENTED
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap(handler, method)
+        if len(self._wrapped) < 10_000:  # methods are known ones (a handler exists); the bound is belt and braces
+            self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def rewrapped(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Any], Callable[..., Any]],
+    streaming: Callable[[Any], Callable[..., Any]],
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour wrapped: by `unary` when it answers one message, by `streaming` when it answers
+    a stream; the same kind, serializers and deserializers."""
+    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **kwargs)
+    return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+
+
+class ServiceInterceptor(HandlerWrapper):
     """Wraps each handler: applies a default deadline, records metrics and one log line, and turns
     exceptions into statuses — domain errors by the service's table, anything else INTERNAL without a
     traceback to the caller (never UNKNOWN).
@@ -94,51 +143,18 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(
         self, mapper: ErrorMapper, default_deadline: float, *, trace_context: bool = False, spans: bool = False
     ) -> None:
+        super().__init__()
         self._spans = spans
         self._mapper = mapper
         self._default_deadline = default_deadline
         self._trace_context = trace_context
-        # method -> (the handler it wrapped, the wrapper): grpc asks for the handler on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        if len(self._wrapped) < 10_000:  # methods are known ones (a handler exists); the bound is belt and braces
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         service, name = _split(method)
-        behaviour: Any
-        wrap: Callable[..., Any]
-        factory: Callable[..., grpc.RpcMethodHandler]
-        if handler.request_streaming and handler.response_streaming:
-            wrap, factory = self._wrap_stream, grpc.stream_stream_rpc_method_handler
-            behaviour = handler.stream_stream
-        elif handler.request_streaming:
-            wrap, factory = self._wrap_unary, grpc.stream_unary_rpc_method_handler
-            behaviour = handler.stream_unary
-        elif handler.response_streaming:
-            wrap, factory = self._wrap_stream, grpc.unary_stream_rpc_method_handler
-            behaviour = handler.unary_stream
-        else:
-            wrap, factory = self._wrap_unary, grpc.unary_unary_rpc_method_handler
-            behaviour = handler.unary_unary
-        return factory(
-            wrap(behaviour, service, name),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        return rewrapped(
+            handler,
+            lambda behaviour: self._wrap_unary(behaviour, service, name),
+            lambda behaviour: self._wrap_stream(behaviour, service, name),
         )
 
     def _wrap_unary(self, behaviour: Callable[..., Any], service: str, name: str) -> Callable[..., Any]:
@@ -237,3 +253,37 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     # context.abort() raises a bare Exception after setting the code; pass it through untouched.
     code = context.code()  # type: ignore[attr-defined]
     return code is not None and code != grpc.StatusCode.OK
+
+
+class ServerSpans(HandlerWrapper):
+    """A SERVER span per call (`_start_server_span`), for a server whose chain has no ServiceInterceptor (the
+    gateway's) when spans are exported. The span ends with the status the handler set (OK when it set none)."""
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        service, name = _split(method)
+
+        def unary(behaviour: Any) -> Callable[..., Any]:
+            def handle(request: Any, context: grpc.ServicerContext) -> Any:
+                span = _start_server_span(context, service, name)
+                try:
+                    return behaviour(request, context)
+                except Exception:
+                    if _code_name(context) == "OK":
+                        context.set_code(grpc.StatusCode.UNKNOWN)  # what grpc answers for an escaped exception
+                    raise
+                finally:
+                    _end_server_span(*span, _code_name(context))
+
+            return handle
+
+        def streaming(behaviour: Any) -> Callable[..., Any]:
+            def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                span = _start_server_span(context, service, name)
+                try:
+                    yield from behaviour(request, context)
+                finally:
+                    _end_server_span(*span, _code_name(context))
+
+            return handle
+
+        return rewrapped(handler, unary, streaming)

@@ -14,10 +14,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import server_interceptor as otel_server_interceptor
 
 from storeplane_runtime.auth import auth_interceptor
-from storeplane_runtime.interceptors import ServiceInterceptor
+from storeplane_runtime.interceptors import ServerSpans, ServiceInterceptor
 from storeplane_runtime.settings import ServiceSettings
 from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
 from storeplane_runtime.telemetry import configure_tracing, serve_metrics, tracing_exported
@@ -77,8 +76,8 @@ class ServiceHost:
         serve_metrics(s.metrics_port)
         chain: list[grpc.ServerInterceptor] = []
         exported = tracing_exported()
-        if exported and not self.standard_interceptors:  # a bare chain (the gateway): OpenTelemetry's spans
-            chain.append(otel_server_interceptor())
+        if exported and not self.standard_interceptors:  # a bare chain (the gateway): its spans
+            chain.append(ServerSpans())
         if self.standard_interceptors:
             chain.append(
                 ServiceInterceptor(

@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from storeplane_runtime.auth.interceptor import AUTH_REFUSED
 from storeplane_runtime.identity import current_identity
+from storeplane_runtime.interceptors import HandlerWrapper
 from storeplane_runtime.status import build_status
 
 __all__ = ["RATE_LIMITED", "RateLimitInterceptor", "SubjectBudget"]
@@ -157,7 +158,7 @@ def _storage(url: str, key_prefix: str) -> Storage:
     return RedisStorage(url, key_prefix=key_prefix or RedisStorage.PREFIX, **options)
 
 
-class RateLimitInterceptor(grpc.ServerInterceptor):
+class RateLimitInterceptor(HandlerWrapper):
     """Refuses a call of a subject past its budget: RESOURCE_EXHAUSTED with ErrorInfo RATE_LIMITED and RetryInfo saying
     when to try again. It runs inside the AuthInterceptor, whose verified identity names the subject; a call without
     one (a health check, open reflection) is not counted."""
@@ -165,25 +166,10 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
     def __init__(self, budget: SubjectBudget, *, domain: str) -> None:
         self.budget = budget
         self.domain = domain
-        # Wrapped handlers by method: gRPC's and the Router's handlers are made once per method, so are the wrappers.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        super().__init__()  # wrapped handlers by method (HandlerWrapper): made once per method, like the Router's
         self._audited: dict[str, float] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method: str = details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._limited(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _limited(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.request_streaming:
             inner: Behaviour = handler.stream_unary or handler.stream_stream  # type: ignore[assignment]
         else:

@@ -13,6 +13,7 @@ from prometheus_client import Counter
 from storeplane_runtime.auth.rules import MethodRule, stores_named
 from storeplane_runtime.auth.tokens import TokenRefused, TokenVerifier
 from storeplane_runtime.identity import Identity, acting_as
+from storeplane_runtime.interceptors import HandlerWrapper
 from storeplane_runtime.status import build_status
 
 __all__ = ["AUTH_REFUSED", "HEALTH_PREFIX", "REFLECTION_PREFIXES", "AuthInterceptor"]
@@ -29,7 +30,7 @@ AUTH_REFUSED = Counter(
 Behaviour = Callable[..., Any]
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(HandlerWrapper):
     """Refuses a call unless its bearer token verifies, carries every scope its RPC declares and (with
     `check_stores`) allows every store its request names, on every message of a client stream. An RPC that declares
     nothing is refused; health checks (and reflection, when `open_reflection`) need no token."""
@@ -50,29 +51,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.check_stores = check_stores
         self.open_prefixes = (HEALTH_PREFIX, *(REFLECTION_PREFIXES if open_reflection else ()))
         self.open_methods = frozenset(open_methods)
-        # method -> (the handler it wrapped, the wrapper)
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        super().__init__()
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None], details: Any
-    ) -> grpc.RpcMethodHandler | None:
-        method: str = details.method
-        if method.startswith(self.open_prefixes) or method in self.open_methods:
-            return continuation(details)
-        handler = continuation(details)
-        if handler is None:
-            return None  # not served here: gRPC answers UNIMPLEMENTED
-        # One wrapper per method, made once: the checks run in the call's own thread (not gRPC's polling thread),
-        # and interceptors outside this one find the same handler every time (they cache by it).
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        if len(self._wrapped) < 10_000:  # methods that have a handler; the bound is belt and braces
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def passes(self, method: str) -> bool:
+        """Health and reflection (unless closed) and the open methods need no token."""
+        return method.startswith(self.open_prefixes) or method in self.open_methods
 
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    # One wrapper per method, made once (HandlerWrapper): the checks run in the call's own thread (not gRPC's polling
+    # thread), and interceptors outside this one find the same handler every time (they cache by it).
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         rule = self.rules.get(method)
         if rule is None:
 
