@@ -11,7 +11,8 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
   `identity` (who calls: `current_identity`, `check_owner` for resources named by id), `idempotency`
   (`IdempotentCalls`: a mutating RPC in one line), `batching` (group commit of a hot call), `imports`
   (client-streamed batch imports), `clients` (peer channels), `breaker` (`CircuitBreaker`: fail fast while a peer
-  is down), `paging` (AIP-158 page sizes and signed page tokens).
+  is down), `paging` (AIP-158 page sizes and signed page tokens), `interceptors` (`HandlerWrapper`: a server
+  interceptor that wraps each method's handler once; the kit's own: errors, metrics, logs, spans).
 - Storing: `db` (`Database`, `UnitOfWork`: state and outbox in one transaction), `tables` (the kit's tables),
   `sql` (dialect helpers), `erasure` (a customer's copies in the kit's tables), `migrations` (Alembic env and the
   kit's tables), `stores` (store configuration).
@@ -21,7 +22,7 @@ imports `storeplane_runtime.errors` or `storeplane_runtime.clock` loads no gRPC,
   `telemetry` (the shared metrics, tracing), `operations` (pool, queue and parked-event gauges), `testing` (a
   service on a free port, `deliver`, `published`).
 
-Other modules (`driver`, `deadlines`, `interceptors`, `logs`) are the kit's own machinery.
+Other modules (`driver`, `deadlines`, `logs`, `span_export`) are the kit's own machinery.
 """
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "idempotency",
     "identity",
     "imports",
+    "interceptors",
     "messaging",
     "migrations",
     "money",

@@ -21,6 +21,8 @@ from storeplane_runtime.errors import DomainError
 from storeplane_runtime.status import ErrorMapper, build_status
 from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY
 
+__all__ = ["HandlerWrapper", "ServerSpans", "ServiceInterceptor", "rewrapped"]
+
 log = logging.getLogger("storeplane.rpc")
 
 
