@@ -395,14 +395,14 @@ def test_with_exported_spans_the_gateways_client_span_parents_the_backends(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind
 
-    import gateway.proxy
+    import gateway.forwarding
     from storeplane_runtime import interceptors
 
     exported = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exported))
-    monkeypatch.setattr(gateway.proxy, "tracing_exported", lambda: True)
-    monkeypatch.setattr(gateway.proxy, "_tracer", provider.get_tracer("test"))
+    monkeypatch.setattr(gateway.forwarding, "tracing_exported", lambda: True)
+    monkeypatch.setattr(gateway.forwarding, "_tracer", provider.get_tracer("test"))
     monkeypatch.setattr(interceptors, "_tracer", provider.get_tracer("test"))
     state, backend_port = backend
     upstream = backend_channel(f"127.0.0.1:{backend_port}")

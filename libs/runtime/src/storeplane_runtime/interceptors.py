@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import random
 import time
@@ -90,8 +91,9 @@ class HandlerWrapper(grpc.ServerInterceptor):
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
+    @abc.abstractmethod
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        raise NotImplementedError
+        """The handler calls of `method` get instead of `handler`."""
 
     def passes(self, method: str) -> bool:
         """Whether calls of `method` go through unwrapped (none, unless a subclass says so)."""

@@ -4,8 +4,8 @@ A :class:`Router` is a ``grpc.GenericRpcHandler`` for a sync ``grpc.server``. Fo
 ``/pos.stock.v1.StockService/GetItem`` it picks the channel registered for ``pos.stock.v1.StockService``
 and relays the call byte for byte (no serializer on either side), together with:
 
-* the caller's metadata (minus pseudo-headers and transport keys gRPC sets itself) and an
-  ``x-forwarded-for`` entry naming the caller;
+* the caller's metadata (minus pseudo-headers and transport keys gRPC sets itself), an
+  ``x-forwarded-for`` entry naming the caller, and the trace context (forwarding.py);
 * the caller's remaining deadline, or ``default_timeout`` when the caller sent none;
 * the backend's initial and trailing metadata, and on failure its exact status code, details and
   trailers, ``grpc-status-details-bin`` (google.rpc.Status rich error details) included;
@@ -29,41 +29,17 @@ from typing import Any, NoReturn
 import grpc
 import grpc.experimental
 from google.protobuf import descriptor_pool
-from opentelemetry import propagate, trace
 
-from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY, tracing_exported
+from gateway.forwarding import client_span, end_span, ending, forward_metadata, relayable
+from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY
 
 __all__ = ["MethodKind", "Router", "backend_channel", "descriptor_method_kind", "split_method"]
 
 log = logging.getLogger(__name__)
 _rpc_log = logging.getLogger("storeplane.rpc")
-_tracer = trace.get_tracer("storeplane.gateway")
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 # A caller without a deadline shows up with ~9.2e18 s remaining; anything past this counts as "none".
 _NO_DEADLINE_ABOVE = 30 * 24 * 3600.0
-
-# Keys gRPC/HTTP2 own or refuse: set by the transport itself, hop-by-hop, or illegal in HTTP/2.
-_TRANSPORT_KEYS = frozenset(
-    {
-        "user-agent",
-        "te",
-        "content-type",
-        "content-length",
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "accept-encoding",
-        "content-encoding",
-        "x-forwarded-for",  # rebuilt by the gateway, see _forward_metadata
-    }
-)
-# The only ``grpc-*`` keys an application may legitimately relay: tracing context and rich error details.
-_RELAYABLE_GRPC_KEYS = frozenset({"grpc-trace-bin", "grpc-tags-bin", "grpc-status-details-bin"})
 
 # Messages grpc-core gives a call that never reached the backend (connect/resolve/transport failure).
 _TRANSPORT_FAILURE_MARKERS = (
@@ -127,86 +103,6 @@ def backend_channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grp
     )
 
 
-def _relayable(metadata: Any) -> Metadata:
-    """Metadata entries the gateway may set on the next hop (pseudo-headers and transport keys dropped)."""
-    if not metadata:
-        return ()
-    return tuple(
-        (key, value)
-        for key, value in metadata
-        if key
-        and key[0] != ":"
-        and key not in _TRANSPORT_KEYS
-        and (not key.startswith("grpc-") or key in _RELAYABLE_GRPC_KEYS)
-    )
-
-
-def _peer_address(peer: str) -> str:
-    """``ipv4:10.0.0.7:5123`` -> ``10.0.0.7``; ``ipv6:%5B::1%5D:5123`` -> ``::1``; anything else as is."""
-    scheme, sep, rest = peer.partition(":")
-    if not sep:
-        return peer
-    if scheme == "ipv4":
-        return rest.rpartition(":")[0] or rest
-    if scheme == "ipv6":
-        host = rest.replace("%5B", "[").replace("%5D", "]")
-        if host.startswith("["):
-            return host[1 : host.find("]")] if "]" in host else host[1:]
-        return host
-    return peer
-
-
-def _client_span(method: str) -> trace.Span | None:
-    """When spans are exported: the gateway's CLIENT span of the backend call (a child of its SERVER span, the parent
-    of the backend's), named like every gRPC span here (`/pkg.Service/Method`). None otherwise."""
-    if not tracing_exported():
-        return None
-    service, _, name = method.lstrip("/").partition("/")
-    return _tracer.start_span(
-        method,
-        kind=trace.SpanKind.CLIENT,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-    )
-
-
-def _end_span(span: trace.Span | None, code: grpc.StatusCode) -> None:
-    if span is not None:
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code is not grpc.StatusCode.OK:
-            span.set_status(trace.StatusCode.ERROR, code.name)
-        span.end()
-
-
-def _ending(messages: Iterator[bytes], span: trace.Span | None, context: grpc.ServicerContext) -> Iterator[bytes]:
-    """A relayed response stream that ends the call's CLIENT span when it ends, with the status the caller got."""
-    if span is None:
-        return messages
-
-    def relay() -> Iterator[bytes]:
-        try:
-            yield from messages
-        finally:
-            code = context.code()  # type: ignore[attr-defined]  # set when the relay aborted the call
-            _end_span(span, code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK)
-
-    return relay()
-
-
-def _forward_metadata(context: grpc.ServicerContext, span: trace.Span | None = None) -> Metadata:
-    """The caller's metadata for the backend, with the caller appended to ``x-forwarded-for``; with `span` (the
-    gateway's CLIENT span of the call), its trace context, which parents the backend's span."""
-    incoming = context.invocation_metadata()
-    forwarded = [str(value) for key, value in incoming if key == "x-forwarded-for"]
-    forwarded.append(_peer_address(context.peer()))
-    relayed = _relayable(incoming)
-    if span is not None:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        if carrier:
-            relayed = (*((k, v) for k, v in relayed if k not in carrier), *carrier.items())
-    return (*relayed, ("x-forwarded-for", ", ".join(forwarded)))
-
-
 class _Observed:
     """Per-method call count (by status code) and latency: what the services' interceptor records for them."""
 
@@ -253,13 +149,13 @@ def _bind_cancel(context: grpc.ServicerContext, call: grpc.RpcContext) -> None:
 
 
 def _send_initial(context: grpc.ServicerContext, call: grpc.Call) -> None:
-    metadata = _relayable(call.initial_metadata())
+    metadata = relayable(call.initial_metadata())
     if metadata:
         context.send_initial_metadata(metadata)
 
 
 def _set_trailing(context: grpc.ServicerContext, call: grpc.Call) -> None:
-    metadata = _relayable(call.trailing_metadata())
+    metadata = relayable(call.trailing_metadata())
     if metadata:
         context.set_trailing_metadata(metadata)
 
@@ -274,7 +170,7 @@ def _relay_error(context: grpc.ServicerContext, error: grpc.RpcError, service: s
         details = f"gateway: backend for {service} is unreachable: {details}"
     trailing = getattr(error, "trailing_metadata", None)
     if trailing is not None:
-        metadata = _relayable(trailing())
+        metadata = relayable(trailing())
         if metadata:
             context.set_trailing_metadata(metadata)
     context.abort(code, details)
@@ -340,11 +236,11 @@ class Router(grpc.GenericRpcHandler):
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
             started = time.perf_counter()
-            span = _client_span(method)
+            span = client_span(method)
             code = grpc.StatusCode.OK
             try:
                 call: Any = upstream(
-                    request, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context, span)
+                    request, timeout=_timeout(context, default_timeout), metadata=forward_metadata(context, span)
                 )
                 _bind_cancel(context, call)
                 try:
@@ -361,7 +257,7 @@ class Router(grpc.GenericRpcHandler):
                 _answer_success(context, call, observed, started)
                 return response
             finally:
-                _end_span(span, code)
+                end_span(span, code)
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
@@ -373,11 +269,11 @@ class Router(grpc.GenericRpcHandler):
 
         def forward(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             started = time.perf_counter()
-            span = _client_span(method)
-            metadata = _forward_metadata(context, span)
+            span = client_span(method)
+            metadata = forward_metadata(context, span)
             call = upstream(request, timeout=_timeout(context, default_timeout), metadata=metadata)
             _bind_cancel(context, call)
-            return _ending(_relay_server_stream(context, call, service, observed, started), span, context)
+            return ending(_relay_server_stream(context, call, service, observed, started), span, context)
 
         return grpc.unary_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
@@ -390,11 +286,11 @@ class Router(grpc.GenericRpcHandler):
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
             # The caller's request iterator is handed on as is: gRPC reads it as the caller sends.
             started = time.perf_counter()
-            span = _client_span(method)
+            span = client_span(method)
             code = grpc.StatusCode.OK
             try:
                 call = upstream.future(
-                    requests, timeout=_timeout(context, default_timeout), metadata=_forward_metadata(context, span)
+                    requests, timeout=_timeout(context, default_timeout), metadata=forward_metadata(context, span)
                 )
                 _bind_cancel(context, call)
                 try:
@@ -409,7 +305,7 @@ class Router(grpc.GenericRpcHandler):
                 _answer_success(context, call, observed, started)
                 return response
             finally:
-                _end_span(span, code)
+                end_span(span, code)
 
         return grpc.stream_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
@@ -421,11 +317,11 @@ class Router(grpc.GenericRpcHandler):
 
         def forward(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
             started = time.perf_counter()
-            span = _client_span(method)
-            metadata = _forward_metadata(context, span)
+            span = client_span(method)
+            metadata = forward_metadata(context, span)
             call = upstream(requests, timeout=_timeout(context, default_timeout), metadata=metadata)
             _bind_cancel(context, call)
-            return _ending(_relay_bidi(context, call, service, observed, started), span, context)
+            return ending(_relay_bidi(context, call, service, observed, started), span, context)
 
         return grpc.stream_stream_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)
 
