@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from storeplane_runtime.auth.client import with_bearer
-from storeplane_runtime.testing import free_port, test_authority, wait_serving
+from storeplane_runtime.testing import free_port_block, test_authority, wait_serving
 
 SERVICES = {
     "checkout": "pos.checkout.v1.CheckoutService",
@@ -106,7 +106,12 @@ def start_stack(
     **env: str,
 ) -> Iterator[Stack]:
     """The stack for the test's life; with `logs`, each child's stderr goes to `<logs>/<name>.log`."""
-    ports = {name: free_port() for name in ("gateway", *SERVICES)}
+    # Ports outside the kernel's ephemeral range: an outgoing connection of any process on the machine could take a
+    # port from that range between our check and the child's bind. gRPC ports first, then metrics ports.
+    names = ("gateway", *SERVICES)
+    first = free_port_block(2 * len(names))
+    ports = {name: first + i for i, name in enumerate(names)}
+    metrics_ports = {name: first + len(names) + i for i, name in enumerate(names)}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     base = {
         **os.environ,
@@ -124,7 +129,7 @@ def start_stack(
         for name in (*SERVICES, "gateway"):
             child_env = {**base, "GRPC_PORT": str(ports[name])}
             if metrics:  # each process's Prometheus metrics on a port of its own
-                metrics_port = free_port()
+                metrics_port = metrics_ports[name]
                 child_env["METRICS_PORT"] = str(metrics_port)
                 stack.metrics[name] = f"127.0.0.1:{metrics_port}"
             if name != "gateway":

@@ -24,7 +24,7 @@ import yaml
 from pos.checkout.v1 import checkout_pb2, checkout_pb2_grpc
 from storeplane_cli import demo, top
 from storeplane_cli.seed import seed
-from storeplane_runtime.testing import free_port, test_authority
+from storeplane_runtime.testing import free_port_block, test_authority
 
 from ..e2e.conftest import Stack, start_stack
 from .test_rules import COMPONENT_RULES
@@ -81,7 +81,7 @@ def prometheus(prometheus_bin: str, stack: Stack, tmp_path: Path) -> Iterator[st
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = free_port_block(1)  # outside the ephemeral range: nothing else takes it before Prometheus binds
     log = (tmp_path / "prometheus.log").open("wb")
     child = subprocess.Popen(
         [

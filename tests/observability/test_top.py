@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from storeplane_cli import top
 from storeplane_runtime.settings import DEFAULT_METRICS_PORTS
-from storeplane_runtime.testing import free_port
+from storeplane_runtime.testing import free_port, free_port_block
 
 
 class FakeProcess:
@@ -36,7 +36,7 @@ class FakeProcess:
             parked.labels("x", "broker").set(2)
             parked.labels("x", "database").set(1)
             Gauge("storeplane_db_pool_in_use", "", ["service"], registry=self.registry).labels("x").set(4)
-        self.port = free_port()
+        self.port = free_port_block(1)
         self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
 
     @property

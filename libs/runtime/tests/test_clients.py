@@ -22,7 +22,7 @@ from storeplane_runtime import clients
 from storeplane_runtime.clients import PeerChannels
 from storeplane_runtime.server import ServiceHost
 from storeplane_runtime.settings import ServiceSettings
-from storeplane_runtime.testing import free_port
+from storeplane_runtime.testing import free_port, free_port_block
 
 SERVICE = "test.v1.PeerService"
 
@@ -162,7 +162,7 @@ def test_with_spans_exported_a_call_is_a_client_span_that_parents_the_peers(
 
 
 def test_console_exporter_chosen_by_otel_variable_prints_server_spans(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_block(1)  # outside the ephemeral range: nothing else takes it before the child binds
     script = Path(__file__).with_name("slow_service.py")
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "slow-test"}
     proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.PIPE, text=True, env=env)

@@ -12,13 +12,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from storeplane_runtime.testing import free_port
+from storeplane_runtime.testing import free_port_block
 
 SCRIPT = Path(__file__).with_name("slow_service.py")
 
 
 def test_sigterm_lets_in_flight_calls_finish_and_refuses_new_ones() -> None:
-    port = free_port()
+    port = free_port_block(1)  # outside the ephemeral range: nothing else takes it before the child binds
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(port)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
