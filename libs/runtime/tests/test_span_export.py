@@ -5,6 +5,7 @@ the exporter sends it over real HTTP to a receiver that parses it."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,20 +18,36 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from storeplane_runtime.span_export import CACHE_ENTRIES, CompactSpanExporter, _Encoder, encode_request
+from storeplane_runtime.spans import LeanTracerProvider
 
 
-def _provider(service: str, exported: InMemorySpanExporter) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": service, "host.cores": 2}))
+def _provider(service: str, exported: InMemorySpanExporter, lean: bool) -> TracerProvider | LeanTracerProvider:
+    resource = Resource.create({"service.name": service, "host.cores": 2})
+    provider = (
+        LeanTracerProvider(resource, ParentBased(ALWAYS_ON), shutdown_on_exit=False)
+        if lean
+        else TracerProvider(resource=resource)
+    )
     provider.add_span_processor(SimpleSpanProcessor(exported))
     return provider
 
 
+@pytest.fixture(params=["sdk", "lean"], autouse=True)
+def _lean(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs on the SDK's spans and on the kit's lean ones (what the processes make)."""
+    monkeypatch.setattr(sys.modules[__name__], "LEAN", request.param == "lean")
+
+
+LEAN = False
+
+
 def _spans() -> list[ReadableSpan]:
     exported = InMemorySpanExporter()
-    checkout, stock = _provider("checkout", exported), _provider("stock", exported)
+    checkout, stock = _provider("checkout", exported, LEAN), _provider("stock", exported, LEAN)
     rpc = checkout.get_tracer("storeplane.grpc")
     sql = checkout.get_tracer("storeplane.sql", "1.2.3", schema_url="https://opentelemetry.io/schemas/1.26.0")
     remote = SpanContext(

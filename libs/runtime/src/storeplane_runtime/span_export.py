@@ -20,7 +20,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind
 
 __all__ = ["CompactSpanExporter", "encode_request"]
 
@@ -45,6 +45,13 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Span.kind: the SDK's kinds are the protocol's less one.
+_KINDS = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}
+# Span.flags (fixed32): whether the parent is known to be remote, and whether it is.
+_LOCAL_PARENT = b"\x85\x01" + _I(_FLAGS_HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + _I(_FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
 
 
 def _field(tag: int, payload: bytes) -> bytes:
@@ -73,6 +80,11 @@ def _value(value: Any) -> bytes:
     if isinstance(value, Mapping):
         return _field(0x32, b"".join(_field(0x0A, _key_value(str(k), v)) for k, v in value.items()))
     raise TypeError(f"attribute value of type {type(value).__name__}")
+
+
+def _varint_tagged(tag: int, payload: bytearray) -> bytes:
+    """`payload` as a length-delimited field `tag` (a one-byte tag)."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
 
 
 def _key_value(key: str, value: Any) -> bytes:
@@ -138,32 +150,39 @@ class _Encoder:
         return kept[1]
 
     def span(self, span: ReadableSpan) -> bytes:
+        """One Span message, its field tag and length included. What most spans share (an UNSET status, no events
+        or links, a name seen before) costs a lookup; the properties ReadableSpan copies on each read are read
+        once."""
         context = span.get_span_context()
         assert context is not None
-        parts = [
-            b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            parts.append(_field(0x1A, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode()))
         parent = span.parent
+        out = bytearray(b"\x0a\x10")
+        out += context.trace_id.to_bytes(16, "big")
+        out += b"\x12\x08"
+        out += context.span_id.to_bytes(8, "big")
+        if context.trace_state:
+            out += _field(0x1A, ",".join(f"{k}={v}" for k, v in context.trace_state.items()).encode())
         if parent is not None:
-            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(self._text(0x2A, span.name))
-        parts.append(b"\x30" + _varint(span.kind.value + 1))  # the SDK's kinds are the protocol's less one
-        parts.append(b"\x39" + _Q(span.start_time or 0))
-        parts.append(b"\x41" + _Q(span.end_time or 0))
-        parts.extend(self._attributes(0x4A, span.attributes))
+            out += b"\x22\x08"
+            out += parent.span_id.to_bytes(8, "big")
+        out += self._text(0x2A, span.name)
+        out += _KINDS[span.kind]
+        out += b"\x39"
+        out += _Q(span.start_time or 0)
+        out += b"\x41"
+        out += _Q(span.end_time or 0)
+        for encoded in self._attributes(0x4A, span.attributes):
+            out += encoded
         if span.dropped_attributes:
-            parts.append(b"\x50" + _varint(span.dropped_attributes))
+            out += b"\x50" + _varint(span.dropped_attributes)
         for event in span.events:
             body = [b"\x09" + _Q(event.timestamp), _field(0x12, event.name.encode())]
             body.extend(self._attributes(0x1A, event.attributes))
             if event.dropped_attributes:
                 body.append(b"\x20" + _varint(event.dropped_attributes))
-            parts.append(_field(0x5A, b"".join(body)))
+            out += _field(0x5A, b"".join(body))
         if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
+            out += b"\x60" + _varint(span.dropped_events)
         for link in span.links:
             body = [
                 b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big"),
@@ -173,18 +192,21 @@ class _Encoder:
             if link.dropped_attributes:
                 body.append(b"\x28" + _varint(link.dropped_attributes))
             body.append(b"\x35" + _I(_flags(link.context)))
-            parts.append(_field(0x6A, b"".join(body)))
+            out += _field(0x6A, b"".join(body))
         if span.dropped_links:
-            parts.append(b"\x70" + _varint(span.dropped_links))
+            out += b"\x70" + _varint(span.dropped_links)
         status = span.status
-        body = []
-        if status.description:
-            body.append(_field(0x12, status.description.encode()))
-        if status.status_code.value:
-            body.append(b"\x18" + _varint(status.status_code.value))
-        parts.append(_field(0x7A, b"".join(body)))
-        parts.append(b"\x85\x01" + _I(_flags(parent)))
-        return b"".join(parts)
+        if status.description or status.status_code.value:
+            body = []
+            if status.description:
+                body.append(_field(0x12, status.description.encode()))
+            if status.status_code.value:
+                body.append(b"\x18" + _varint(status.status_code.value))
+            out += _field(0x7A, b"".join(body))
+        else:
+            out += b"\x7a\x00"
+        out += _REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT
+        return _varint_tagged(0x12, out)
 
     def request(self, spans: Sequence[ReadableSpan]) -> bytes:
         """ExportTraceServiceRequest: the spans grouped by resource, then by instrumentation scope, in order."""
@@ -192,7 +214,7 @@ class _Encoder:
         for span in spans:
             resource, scope = span.resource, span.instrumentation_scope or None
             by_scope = grouped.setdefault(id(resource), (resource, {}))[1]
-            by_scope.setdefault(id(scope), (scope, []))[1].append(_field(0x12, self.span(span)))
+            by_scope.setdefault(id(scope), (scope, []))[1].append(self.span(span))
         out = []
         for resource, by_scope in grouped.values():
             body = [self._resource(resource)]

@@ -15,12 +15,12 @@ import threading
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, _get_from_env_or_default
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from storeplane_runtime.settings import SettingsError
+from storeplane_runtime.spans import LeanTracerProvider
 
 __all__ = [
     "BATCH_CALLS",
@@ -118,8 +118,9 @@ def configure_tracing(service_name: str) -> None:
                 f"{service_name}: bad setting: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} (only http/protobuf is supported)"
             )
         # With nowhere to send spans, do not record them: trace ids are still made and propagated (logs, events),
-        # at a fraction of the cost per call.
-        provider = TracerProvider(resource=resource, sampler=None if exporting else ALWAYS_OFF)
+        # at a fraction of the cost per call. Spans are the kit's lean ones (spans.py), read by the SDK's processors
+        # and exporters; the sampler is the SDK's, from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
+        provider = LeanTracerProvider(resource, _get_from_env_or_default() if exporting else ALWAYS_OFF)
         if otlp:  # OpenTelemetry's OTLP/HTTP exporter with an encoder a third of the cost (span_export.py)
             from storeplane_runtime.span_export import CompactSpanExporter
 
@@ -142,17 +143,28 @@ def statement_span(statement: str, system: str, namespace: str | None) -> trace.
     The text has placeholders, never values."""
     if not trace.get_current_span().is_recording():
         return None
+    key = (statement, system, namespace)
+    described = _statements.get(key)
+    if described is None:
+        described = _describe(statement, system, namespace)
+        if len(_statements) >= STATEMENTS_KEPT:
+            _statements.clear()
+        _statements[key] = described
+    return _sql_tracer.start_span(described[0], kind=trace.SpanKind.CLIENT, attributes=described[1])
+
+
+# A service runs a few hundred distinct statements: each one's span name and attributes are worked out once.
+STATEMENTS_KEPT = 4096
+_statements: dict[tuple[str, str, str | None], tuple[str, dict[str, str]]] = {}
+
+
+def _describe(statement: str, system: str, namespace: str | None) -> tuple[str, dict[str, str]]:
     operation = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
-    attributes = {
-        "db.system.name": system,
-        "db.operation.name": operation,
-        "db.query.text": statement[:2000],
-    }
-    name = operation
-    if namespace:
-        attributes["db.namespace"] = namespace
-        name = f"{operation} {namespace}"
-    return _sql_tracer.start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+    attributes = {"db.system.name": system, "db.operation.name": operation, "db.query.text": statement[:2000]}
+    if not namespace:
+        return operation, attributes
+    attributes["db.namespace"] = namespace
+    return f"{operation} {namespace}", attributes
 
 
 def tracing_exported() -> bool:
