@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,7 +32,8 @@ from pos.customer.v1 import customer_pb2, customer_pb2_grpc
 from pos.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
 from storeplane_cli import demo_data
 from storeplane_cli.seed import seed
-from storeplane_runtime.testing import test_authority, wait_until
+from storeplane_runtime.auth.client import with_bearer
+from storeplane_runtime.testing import free_port_block, test_authority, wait_until
 
 from .conftest import Stack, start_stack
 
@@ -340,3 +345,103 @@ def _sale_lines(
             elif line.get("message") == "event handled" and line.get("event_id") == event_id:
                 events.append((name, line))
     return rpc, events, len(events) >= 3
+
+
+def test_in_the_embedded_stack_each_services_spans_carry_its_own_name(tmp_path: Path) -> None:
+    """`storeplane run` serves all five in one process: a sale's spans still say which service made them (the
+    SERVER span of each call, the SQL under it, the relay's publish and each consumer's handling)."""
+    receiver = Receiver()
+    base_port = free_port_block(5)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OUTBOX_POLL_SECONDS": "0.2",
+    }
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "storeplane_cli", "run", "--data-dir", str(data), "--base-port", str(base_port)]
+    proc = subprocess.Popen(
+        [*command, "--metrics-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "gateway at" in proc.stdout.readline()
+        token = subprocess.run(
+            [sys.executable, "-m", "storeplane_cli", "token", "--data-dir", str(data)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=True,
+            env=env,
+        ).stdout.strip()
+        on_hand = {sku: n for store, sku, n in demo_data.stock_levels() if store == STORE}
+        item = next(i for i in demo_data.catalogue() if "EUR" in i.prices_minor and on_hand.get(i.sku, 0) >= 3)
+        with with_bearer(grpc.insecure_channel(f"127.0.0.1:{base_port}"), token) as channel:
+            checkout = checkout_pb2_grpc.CheckoutServiceStub(channel)
+            trace_id = secrets.token_hex(16)
+            call = {"timeout": 10, "metadata": (("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),)}
+
+            scanned: list[checkout_pb2.Basket] = []
+
+            def scan() -> bool:  # the stack seeds the demo data as it starts: until then the item is unknown
+                try:
+                    request = checkout_pb2.OpenBasketRequest(
+                        store_id=STORE, terminal_id="till-1", cashier_id="c-1", request_id=rid()
+                    )
+                    basket_id = checkout.OpenBasket(request, **call).basket.basket_id
+                    line = checkout_pb2.ScanItemRequest(basket_id=basket_id, barcode=item.barcode, request_id=rid())
+                    scanned.append(checkout.ScanItem(line, **call).basket)
+                except grpc.RpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                        return False
+                    raise
+                return True
+
+            wait_until(scan, 60, "a basket with the scanned item")
+            basket = scanned[-1]
+            tender = checkout_pb2.Tender(
+                type=checkout_pb2.TENDER_TYPE_CASH,
+                amount=common_pb2.Money(amount_minor=basket.total.amount_minor, currency_code="EUR"),
+            )
+            checkout.CompleteSale(
+                checkout_pb2.CompleteSaleRequest(basket_id=basket.basket_id, tenders=[tender], request_id=rid()),
+                **call,
+            )
+
+        def handled() -> bool:
+            return {s.service for s in receiver.trace(trace_id) if s.kind == CONSUMER} >= {"stock", "loyalty"}
+
+        wait_until(handled, WAIT, "stock and loyalty handled the sale's event, in its trace")
+        wait_until(lambda: _settled(receiver, trace_id), WAIT, "the spans of the handling were exported")
+        spans = {s.span_id: s for s in receiver.trace(trace_id)}
+        every = list(spans.values())
+        assert {s.service for s in every} >= {"gateway", "checkout", "stock", "loyalty"}
+        # Each call is served under the name of the service it belongs to (pos.<service>.v1.<Service>/<method>),
+        # the gateway's own SERVER spans excepted.
+        for span in every:
+            if span.kind == SERVER and span.service != "gateway":
+                assert span.name.split(".")[1] == span.service, span
+        assert {s.service for s in every if s.kind == SERVER} >= {"gateway", "checkout", "stock"}
+        for span in every:
+            parent = spans.get(span.parent_id)
+            if span.kind == CLIENT and "db.system.name" in span.attributes:
+                assert parent is not None and parent.service == span.service, span  # SQL: the service it ran for
+            if span.kind == CONSUMER:
+                assert span.attributes["messaging.consumer.group.name"] == span.service, span
+            if span.kind == PRODUCER:
+                assert span.service == "checkout" or parent is None or parent.service == span.service, span
+        assert any(s.kind == PRODUCER and s.service == "checkout" for s in every)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # (its exit on SIGTERM is test_processes.py's; it may still be seeding)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        receiver.close()

@@ -5,15 +5,22 @@ the exporter sends it over real HTTP to a receiver that parses it."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -21,8 +28,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from storeplane_runtime.span_export import CACHE_ENTRIES, CompactSpanExporter, _Encoder, encode_request
+from storeplane_runtime.span_export import (
+    CACHE_ENTRIES,
+    CompactGrpcSpanExporter,
+    CompactSpanExporter,
+    _Encoder,
+    encode_request,
+)
 from storeplane_runtime.spans import LeanTracerProvider
+from storeplane_runtime.testing import free_port
 
 
 def _provider(service: str, exported: InMemorySpanExporter, lean: bool) -> TracerProvider | LeanTracerProvider:
@@ -179,3 +193,109 @@ def test_the_exporter_posts_the_batch_and_refuses_after_shutdown(receiver: tuple
     exporter.shutdown()
     assert exporter.export(spans) is SpanExportResult.FAILURE
     assert len(bodies) == 1
+
+
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+class _Collector:
+    """An OTLP/gRPC trace receiver on a real socket: keeps each request it parsed and the metadata it came with;
+    answers the statuses in `refusals` first."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.metadata: list[dict[str, str]] = []
+        self.refusals: list[grpc.StatusCode] = []
+        self.rejected = 0
+
+        def export(request: ExportTraceServiceRequest, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+            self.metadata.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
+            if self.refusals:
+                context.abort(self.refusals.pop(0), "not now")
+            self.requests.append(request)
+            answer = ExportTraceServiceResponse()
+            if self.rejected:
+                answer.partial_success.rejected_spans = self.rejected
+            return answer
+
+        handler = grpc.unary_unary_rpc_method_handler(
+            export,
+            request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}
+                )
+            ]
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+@pytest.fixture
+def collector() -> Iterator[_Collector]:
+    running = _Collector()
+    try:
+        yield running
+    finally:
+        running.server.stop(None)
+
+
+def test_over_grpc_the_collector_gets_the_same_request_with_the_configured_headers(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20abc,x-tenant=store-1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    spans = _spans()
+    exporter = CompactGrpcSpanExporter(f"http://127.0.0.1:{collector.port}")
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    (request,) = collector.requests
+    assert request == encode_spans(spans)
+    assert collector.metadata[0]["authorization"] == "Bearer abc" and collector.metadata[0]["x-tenant"] == "store-1"
+    assert exporter.export(spans) is SpanExportResult.FAILURE  # after shutdown
+    assert len(collector.requests) == 1
+
+
+def test_over_grpc_a_retryable_refusal_is_retried_and_a_final_one_drops_the_batch(
+    collector: _Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    spans = _spans()
+    tls = CompactGrpcSpanExporter(f"127.0.0.1:{collector.port}", timeout=1)  # no scheme: TLS unless INSECURE
+    try:
+        assert tls.export(spans) is SpanExportResult.FAILURE
+    finally:
+        tls.shutdown()
+    assert collector.requests == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        exporter = CompactGrpcSpanExporter(f"127.0.0.1:{collector.port}", timeout=5)
+    try:
+        collector.refusals = [grpc.StatusCode.UNAVAILABLE]
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert len(collector.requests) == 1 and len(collector.metadata) == 2
+        collector.refusals = [grpc.StatusCode.INVALID_ARGUMENT]
+        assert exporter.export(spans) is SpanExportResult.FAILURE  # not retryable
+        assert len(collector.requests) == 1 and len(collector.metadata) == 3
+        collector.rejected = 2
+        with caplog.at_level(logging.WARNING, logger="storeplane_runtime.span_export"):
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert "rejected 2 of" in caplog.text
+    finally:
+        exporter.shutdown()
+
+
+def test_over_grpc_a_collector_that_is_not_there_fails_the_batch_within_the_timeout() -> None:
+    port = free_port()
+    exporter = CompactGrpcSpanExporter(f"http://127.0.0.1:{port}", timeout=1.5)
+    started = time.monotonic()
+    try:
+        assert exporter.export(_spans()) is SpanExportResult.FAILURE
+    finally:
+        exporter.shutdown()
+    assert time.monotonic() - started < 5

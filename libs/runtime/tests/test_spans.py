@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from storeplane_runtime.spans import LIMIT, LeanSpan, LeanTracerProvider
+from storeplane_runtime.spans import LIMIT, LeanSpan, LeanTracerProvider, current_service
 
 RESOURCE = Resource.create({"service.name": "checkout"})
 EDGE = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True, trace_flags=TraceFlags(1))
@@ -228,3 +228,26 @@ def test_a_tracer_per_scope_and_shutdown_flushes_every_processor() -> None:
     open_span.end()  # ended after shutdown: nowhere to go, no error
     assert exported.get_finished_spans() == ()
     assert not provider.get_tracer("a").start_span("after").is_recording()
+
+
+def test_spans_made_for_another_service_of_the_process_carry_its_name() -> None:
+    provider, exported = _lean()  # the process is checkout (RESOURCE)
+    tracer = provider.get_tracer("t")
+    tracer.start_span("own").end()
+    token = current_service.set("stock")  # what the kit's interceptors and ServiceApp.start set
+    try:
+        tracer.start_span("stock's").end()
+    finally:
+        current_service.reset(token)
+    fixed = LeanTracerProvider(RESOURCE, ParentBased(ALWAYS_ON), shutdown_on_exit=False, named_by_service=False)
+    fixed.add_span_processor(SimpleSpanProcessor(exported))
+    token = current_service.set("stock")
+    try:
+        fixed.get_tracer("t").start_span("named by OTEL_SERVICE_NAME").end()
+    finally:
+        current_service.reset(token)
+    names = {span.name: span.resource.attributes["service.name"] for span in exported.get_finished_spans()}
+    assert names == {"own": "checkout", "stock's": "stock", "named by OTEL_SERVICE_NAME": "checkout"}
+    stock = next(s for s in exported.get_finished_spans() if s.name == "stock's").resource
+    assert stock.attributes["telemetry.sdk.language"] == "python"  # the rest of the process's resource
+    assert provider.resource_for("stock") is stock  # made once

@@ -11,11 +11,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from datetime import UTC, datetime
 
 import grpc
 import pytest
 from opentelemetry import propagate, trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -297,9 +302,44 @@ def test_the_sampler_follows_the_standard_variables_and_keeps_a_sampled_callers_
 
 
 def test_an_otlp_protocol_the_process_cannot_speak_stops_it_with_one_line() -> None:
-    result = _probe(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+    result = _probe(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318", OTEL_EXPORTER_OTLP_PROTOCOL="http/json")
     assert result.returncode != 0
-    assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc" in result.stderr.strip().splitlines()[-1]
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/json" in result.stderr.strip().splitlines()[-1]
+
+
+def test_with_the_grpc_protocol_a_process_exports_its_spans_over_grpc() -> None:
+    """The probe process, configured by the standard variables alone, sends its spans to a real OTLP/gRPC
+    receiver (flushed as it exits)."""
+    received: list[ExportTraceServiceRequest] = []
+
+    def export(request: ExportTraceServiceRequest, _context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+        received.append(request)
+        return ExportTraceServiceResponse()
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        export,
+        request_deserializer=ExportTraceServiceRequest.FromString,
+        response_serializer=ExportTraceServiceResponse.SerializeToString,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    service = "opentelemetry.proto.collector.trace.v1.TraceService"
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {"Export": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = _probe(
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG="1",
+        )
+    finally:
+        server.stop(None)
+    assert result.returncode == 0, result.stderr
+    spans = [s for request in received for r in request.resource_spans for ss in r.scope_spans for s in ss.spans]
+    assert [s.name for s in spans] == ["child"]  # the probe's root spans are never ended: not exported
+    resources = [r.resource for request in received for r in request.resource_spans]
+    assert {a.value.string_value for r in resources for a in r.attributes if a.key == "service.name"} == {"probe"}
 
 
 class _Context:

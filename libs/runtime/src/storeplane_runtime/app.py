@@ -21,6 +21,7 @@ from storeplane_runtime.migrations import SchemaError, ensure_schema, upgrade
 from storeplane_runtime.operations import OperationsWatch
 from storeplane_runtime.server import ServiceHost, ServiceRegistration, run_until_signal
 from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
+from storeplane_runtime.spans import current_service
 from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorTable
 
 __all__ = ["ServiceApp", "Worker", "command_line", "migrations_dir"]
@@ -89,10 +90,15 @@ class ServiceApp:
             )
 
     def start(self) -> int:
-        """Check (or upgrade) the schema, start workers, then serve; returns the gRPC port."""
+        """Check (or upgrade) the schema, start workers, then serve; returns the gRPC port. The workers' threads
+        start as this service's (spans.current_service): in the embedded stack their spans carry its name."""
         self.prepare_schema()
-        for worker in self.workers:
-            worker.start()
+        serving = current_service.set(self.settings.service_name)
+        try:
+            for worker in self.workers:
+                worker.start()
+        finally:
+            current_service.reset(serving)
         return self.host.start()
 
     def stop(self, grace: float | None = None) -> None:

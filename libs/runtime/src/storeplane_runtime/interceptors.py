@@ -19,6 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from storeplane_runtime.deadlines import reset_deadline, set_deadline
 from storeplane_runtime.errors import DomainError
+from storeplane_runtime.spans import current_service
 from storeplane_runtime.status import ErrorMapper, build_status
 from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY
 
@@ -55,10 +56,12 @@ _tracer = trace.get_tracer("storeplane.grpc")
 _SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 
 
-def _start_server_span(context: grpc.ServicerContext, service: str, name: str) -> tuple[trace.Span, Token[Context]]:
-    """The call's SERVER span (RPC semantic conventions), a child of the caller's W3C trace context, made current.
-    OpenTelemetry's own server interceptor does the same and more (peer addresses, a wrapped servicer context) at a
-    cost per call the sale flow's tracing budget cannot afford."""
+def _start_server_span(context: grpc.ServicerContext, service: str, name: str, serving: str | None) -> _ServerSpan:
+    """The call's SERVER span (RPC semantic conventions), a child of the caller's W3C trace context, made current,
+    for the service `serving` (several may share a process: see spans.current_service). OpenTelemetry's own server
+    interceptor does the same and more (peer addresses, a wrapped servicer context) at a cost per call the sale
+    flow's tracing budget cannot afford."""
+    serving_token = current_service.set(serving) if serving is not None else None
     carrier = {key: str(value) for key, value in context.invocation_metadata() or () if key in _TRACE_KEYS}
     parent = propagate.extract(carrier)
     span = _tracer.start_span(
@@ -67,10 +70,14 @@ def _start_server_span(context: grpc.ServicerContext, service: str, name: str) -
         kind=trace.SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
-    return span, otel_context.attach(trace.set_span_in_context(span, parent))
+    return span, otel_context.attach(trace.set_span_in_context(span, parent)), serving_token
 
 
-def _end_server_span(span: trace.Span, token: Token[Context], code: str) -> None:
+_ServerSpan = tuple[trace.Span, Token[Context], Token[str | None] | None]
+
+
+def _end_server_span(started: _ServerSpan, code: str) -> None:
+    span, token, serving_token = started
     if span.is_recording():
         status = getattr(grpc.StatusCode, code, None)
         if status is not None:
@@ -79,6 +86,8 @@ def _end_server_span(span: trace.Span, token: Token[Context], code: str) -> None
             span.set_status(trace.StatusCode.ERROR, code)
     span.end()
     otel_context.detach(token)
+    if serving_token is not None:
+        current_service.reset(serving_token)
 
 
 _TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
@@ -145,10 +154,17 @@ class ServiceInterceptor(HandlerWrapper):
     SERVER span instead (`_start_server_span`), the sampler deciding whether it is recorded."""
 
     def __init__(
-        self, mapper: ErrorMapper, default_deadline: float, *, trace_context: bool = False, spans: bool = False
+        self,
+        mapper: ErrorMapper,
+        default_deadline: float,
+        *,
+        trace_context: bool = False,
+        spans: bool = False,
+        serving: str | None = None,
     ) -> None:
         super().__init__()
         self._spans = spans
+        self._serving = serving
         self._mapper = mapper
         self._default_deadline = default_deadline
         self._trace_context = trace_context
@@ -166,7 +182,7 @@ class ServiceInterceptor(HandlerWrapper):
             started = time.perf_counter()
             token = set_deadline(self._budget(context))
             trace_token = _attach_trace_context(context) if self._trace_context else None
-            span = _start_server_span(context, service, name) if self._spans else None
+            span = _start_server_span(context, service, name, self._serving) if self._spans else None
             try:
                 return behaviour(request, context)
             except Exception as exc:
@@ -175,7 +191,7 @@ class ServiceInterceptor(HandlerWrapper):
             finally:
                 code = self._record(context, service, name, started)  # in the call's trace context: its log line
                 if span is not None:
-                    _end_server_span(*span, code)
+                    _end_server_span(span, code)
                 if trace_token is not None:
                     otel_context.detach(trace_token)
                 reset_deadline(token)
@@ -187,7 +203,7 @@ class ServiceInterceptor(HandlerWrapper):
             started = time.perf_counter()
             token = set_deadline(self._budget(context))
             trace_token = _attach_trace_context(context) if self._trace_context else None
-            span = _start_server_span(context, service, name) if self._spans else None
+            span = _start_server_span(context, service, name, self._serving) if self._spans else None
             try:
                 yield from behaviour(request, context)
             except Exception as exc:
@@ -195,7 +211,7 @@ class ServiceInterceptor(HandlerWrapper):
             finally:
                 code = self._record(context, service, name, started)  # in the call's trace context: its log line
                 if span is not None:
-                    _end_server_span(*span, code)
+                    _end_server_span(span, code)
                 if trace_token is not None:
                     otel_context.detach(trace_token)
                 reset_deadline(token)
@@ -261,14 +277,19 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
 
 class ServerSpans(HandlerWrapper):
     """A SERVER span per call (`_start_server_span`), for a server whose chain has no ServiceInterceptor (the
-    gateway's) when spans are exported. The span ends with the status the handler set (OK when it set none)."""
+    gateway's) when spans are exported. The span ends with the status the handler set (OK when it set none).
+    `serving`: the process's service name, for the spans the calls make (see spans.current_service)."""
+
+    def __init__(self, serving: str | None = None) -> None:
+        super().__init__()
+        self._serving = serving
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         service, name = _split(method)
 
         def unary(behaviour: Any) -> Callable[..., Any]:
             def handle(request: Any, context: grpc.ServicerContext) -> Any:
-                span = _start_server_span(context, service, name)
+                span = _start_server_span(context, service, name, self._serving)
                 try:
                     return behaviour(request, context)
                 except Exception:
@@ -276,17 +297,17 @@ class ServerSpans(HandlerWrapper):
                         context.set_code(grpc.StatusCode.UNKNOWN)  # what grpc answers for an escaped exception
                     raise
                 finally:
-                    _end_server_span(*span, _code_name(context))
+                    _end_server_span(span, _code_name(context))
 
             return handle
 
         def streaming(behaviour: Any) -> Callable[..., Any]:
             def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                span = _start_server_span(context, service, name)
+                span = _start_server_span(context, service, name, self._serving)
                 try:
                     yield from behaviour(request, context)
                 finally:
-                    _end_server_span(*span, _code_name(context))
+                    _end_server_span(span, _code_name(context))
 
             return handle
 

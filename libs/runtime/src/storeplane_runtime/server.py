@@ -77,7 +77,7 @@ class ServiceHost:
         chain: list[grpc.ServerInterceptor] = []
         exported = tracing_exported()
         if exported and not self.standard_interceptors:  # a bare chain (the gateway): its spans
-            chain.append(ServerSpans())
+            chain.append(ServerSpans(s.service_name))
         if self.standard_interceptors:
             chain.append(
                 ServiceInterceptor(
@@ -85,6 +85,7 @@ class ServiceHost:
                     s.default_deadline_seconds,
                     trace_context=not exported,  # trace ids for logs and events, without spans
                     spans=exported,  # spans go somewhere: a SERVER span per call
+                    serving=s.service_name,  # the service's name on them (the embedded stack runs five)
                 )
             )
         if self.standard_interceptors and self.authorise:

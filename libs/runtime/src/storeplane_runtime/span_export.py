@@ -12,17 +12,24 @@ them with what OpenTelemetry's own encoder makes for the same spans.
 from __future__ import annotations
 
 import logging
+import os
 import struct
+import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import grpc
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind
 
-__all__ = ["CompactSpanExporter", "encode_request"]
+__all__ = ["CompactGrpcSpanExporter", "CompactSpanExporter", "encode_request"]
 
 log = logging.getLogger(__name__)
 
@@ -266,3 +273,107 @@ class CompactSpanExporter(OTLPSpanExporter):
             return SpanExportResult.FAILURE
         result = self._client.export(data)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+
+# --- OTLP over gRPC ----------------------------------------------------------------------------------------------
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# Codes OTLP says a client retries (https://opentelemetry.io/docs/specs/otlp/#failures); others drop the batch.
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _setting(name: str, default: str = "") -> str:
+    """OTEL_EXPORTER_OTLP_TRACES_<name>, else OTEL_EXPORTER_OTLP_<name>."""
+    return (
+        os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(f"OTEL_EXPORTER_OTLP_{name}") or default
+    )
+
+
+def _headers(text: str) -> tuple[tuple[str, str], ...]:
+    """`key=value,key2=value2` (values URL-encoded, the variables' format) as gRPC metadata."""
+    pairs = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            pairs.append((urllib.parse.unquote(key.strip()).lower(), urllib.parse.unquote(value.strip())))
+    return tuple(pairs)
+
+
+class CompactGrpcSpanExporter(SpanExporter):
+    """OTLP over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc) with the compact encoder: the request bytes go out as they
+    are, on a channel of grpc's own. The standard variables: endpoint (default http://localhost:4317; http:// or
+    OTEL_EXPORTER_OTLP_INSECURE=true for plaintext, otherwise TLS, OTEL_EXPORTER_OTLP_CERTIFICATE for a private
+    CA), headers, timeout (seconds, default 10) and gzip compression. A retryable status is retried with backoff
+    within the timeout; OTLP's partial success is logged."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float | None = None) -> None:
+        target = endpoint or _setting("ENDPOINT", "http://localhost:4317")
+        parsed = urllib.parse.urlsplit(target if "://" in target else f"//{target}")
+        address = parsed.netloc or parsed.path
+        insecure = parsed.scheme == "http" or (
+            parsed.scheme == "" and _setting("INSECURE", "false").strip().lower() == "true"
+        )
+        if insecure:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            certificate = _setting("CERTIFICATE")
+            roots = Path(certificate).read_bytes() if certificate else None
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots))
+        self._timeout = timeout if timeout is not None else float(_setting("TIMEOUT", "10"))
+        self._metadata = _headers(_setting("HEADERS"))
+        self._compression = grpc.Compression.Gzip if _setting("COMPRESSION") == "gzip" else None
+        self._export = self._channel.unary_unary(
+            EXPORT_METHOD,
+            request_serializer=lambda data: data,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
+        self._encoder = _Encoder()
+        self._shutdown = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown.is_set():
+            log.warning("span exporter already shut down: batch dropped")
+            return SpanExportResult.FAILURE
+        try:
+            data = self._encoder.request(spans)
+        except (TypeError, ValueError, AttributeError):
+            data = encode_spans(spans).SerializePartialToString()
+        deadline = time.monotonic() + self._timeout
+        backoff = 0.5
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                answer = self._export(
+                    data, timeout=max(left, 0.001), metadata=self._metadata, compression=self._compression
+                )
+            except grpc.RpcError as exc:
+                code = exc.code()
+                left = deadline - time.monotonic()
+                if code not in _RETRYABLE or left <= backoff or self._shutdown.wait(backoff):
+                    log.warning("span batch of %d not exported: %s", len(spans), code.name)
+                    return SpanExportResult.FAILURE
+                backoff *= 2
+                continue
+            rejected = answer.partial_success.rejected_spans
+            if rejected:
+                log.warning(
+                    "collector rejected %d of %d spans: %s", rejected, len(spans), answer.partial_success.error_message
+                )
+            return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+        self._channel.close()

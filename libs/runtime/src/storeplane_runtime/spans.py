@@ -8,6 +8,10 @@ the console exporter take it as it is), and a child of a local or remote parent 
 without a call to the sampler when the sampler is parent-based (the only kind the OTEL_TRACES_SAMPLER variables
 make with a parent's decision in it). Root spans, and any other sampler, go through the configured sampler.
 
+Several services in one process (the embedded stack) each get their own `service.name`: the code serving a call
+or running a service's worker sets `current_service` (the kit's server interceptors per call, `ServiceApp.start`
+for the threads it starts), and a span takes the resource of the service it was made for.
+
 Limits: at most 128 attributes, events and links per span (the SDK's defaults; past them, new ones are dropped and
 counted). Attribute values are kept as given (None is dropped): the kit's hops set strings, numbers and booleans.
 `tests: libs/runtime/tests/test_spans.py` checks it against the SDK's own spans.
@@ -20,6 +24,7 @@ import random
 import threading
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from time import time_ns
 from types import TracebackType
 
@@ -34,9 +39,11 @@ from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 from opentelemetry.util._decorator import _agnosticcontextmanager
 
-__all__ = ["LeanSpan", "LeanTracer", "LeanTracerProvider"]
+__all__ = ["LeanSpan", "LeanTracer", "LeanTracerProvider", "current_service"]
 
 LIMIT = 128
+# The service the running code serves, where one process runs several (None: the process's own).
+current_service: ContextVar[str | None] = ContextVar("storeplane_current_service", default=None)
 # Flags of a span the sampler decided on: (sampled, trace id random) -> W3C trace flags.
 _FLAGS = {
     (sampled, random_id): TraceFlags(
@@ -97,7 +104,7 @@ class LeanSpan(trace.Span, ReadableSpan):
         self._kept_links: list[Link] = list(links[:LIMIT]) if links else []
         self._links = self._kept_links
         self._span_context = context
-        self._resource = tracer.provider.resource
+        self._resource = tracer.provider.resource_for(current_service.get())
         self._status = Status(StatusCode.UNSET)
         self._provider = tracer.provider
         self._record_exception = record_exception
@@ -297,8 +304,15 @@ class LeanTracerProvider(trace.TracerProvider):
     processor with an OTLP exporter, the simple one with the console exporter). Shut down at exit, which flushes
     the batch processor's last spans."""
 
-    def __init__(self, resource: Resource, sampler: Sampler, *, shutdown_on_exit: bool = True) -> None:
+    def __init__(
+        self, resource: Resource, sampler: Sampler, *, shutdown_on_exit: bool = True, named_by_service: bool = True
+    ) -> None:
         self.resource = resource
+        # Resources of the other services this process runs (`current_service`), made on first use; none when the
+        # service name is fixed (OTEL_SERVICE_NAME).
+        self._named_by_service = named_by_service
+        self._service = resource.attributes.get("service.name")
+        self._resources: dict[str, Resource] = {}
         self.sampler = sampler
         # A parent-based sampler made from the standard variables keeps the parent's decision, local or remote.
         self.follows_parent = isinstance(sampler, ParentBased)
@@ -307,6 +321,19 @@ class LeanTracerProvider(trace.TracerProvider):
         self._tracers: dict[tuple[str, str | None, str | None], LeanTracer] = {}
         if shutdown_on_exit:
             atexit.register(self.shutdown)
+
+    def resource_for(self, service: str | None) -> Resource:
+        """The resource of spans made for `service`: the process's own, with that service's name."""
+        if service is None or service == self._service or not self._named_by_service:
+            return self.resource
+        resource = self._resources.get(service)
+        if resource is None:
+            with self._lock:
+                resource = self._resources.get(service)
+                if resource is None:
+                    resource = self.resource.merge(Resource({"service.name": service}))
+                    self._resources[service] = resource
+        return resource
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         with self._lock:

@@ -104,7 +104,8 @@ def configure_tracing(service_name: str) -> None:
     with _lock:
         if _configured:
             return
-        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+        named = os.environ.get("OTEL_SERVICE_NAME") or _named_in_resource_attributes()
+        resource = Resource.create({"service.name": named or service_name})
         exporters = {e.strip() for e in os.environ.get("OTEL_TRACES_EXPORTER", "").lower().split(",") if e.strip()}
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         otlp = "otlp" in exporters or bool(endpoint and not exporters)
@@ -112,19 +113,23 @@ def configure_tracing(service_name: str) -> None:
         protocol = (
             os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
         ).strip()
-        if otlp and protocol not in ("", "http/protobuf"):
-            # Only the OTLP/HTTP exporter is installed: sending HTTP to a gRPC port would lose every span silently.
+        if otlp and protocol not in ("", "http/protobuf", "grpc"):
+            # http/json is not spoken: sending protobuf where JSON is expected would lose every span silently.
             raise SettingsError(
-                f"{service_name}: bad setting: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} (only http/protobuf is supported)"
+                f"{service_name}: bad setting: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} "
+                "(http/protobuf, the default, or grpc)"
             )
         # With nowhere to send spans, do not record them: trace ids are still made and propagated (logs, events),
         # at a fraction of the cost per call. Spans are the kit's lean ones (spans.py), read by the SDK's processors
         # and exporters; the sampler is the SDK's, from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
-        provider = LeanTracerProvider(resource, _get_from_env_or_default() if exporting else ALWAYS_OFF)
-        if otlp:  # OpenTelemetry's OTLP/HTTP exporter with an encoder a third of the cost (span_export.py)
-            from storeplane_runtime.span_export import CompactSpanExporter
+        provider = LeanTracerProvider(
+            resource, _get_from_env_or_default() if exporting else ALWAYS_OFF, named_by_service=not named
+        )
+        if otlp:  # OTLP/HTTP (OpenTelemetry's exporter) or gRPC, with an encoder a third of the cost (span_export.py)
+            from storeplane_runtime.span_export import CompactGrpcSpanExporter, CompactSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(CompactSpanExporter()))
+            exporter = CompactGrpcSpanExporter() if protocol == "grpc" else CompactSpanExporter()
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         if "console" in exporters:
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 
@@ -135,6 +140,15 @@ def configure_tracing(service_name: str) -> None:
         from storeplane_runtime.db import trace_statements
 
         trace_statements()
+
+
+def _named_in_resource_attributes() -> str | None:
+    """The service.name OTEL_RESOURCE_ATTRIBUTES sets, if it sets one."""
+    for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() == "service.name" and value.strip():
+            return value.strip()
+    return None
 
 
 def statement_span(statement: str, system: str, namespace: str | None) -> trace.Span | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from abc import ABC, abstractmethod
 
@@ -20,7 +21,10 @@ class ThreadWorker(ABC):
     def start(self) -> None:
         if self._thread is None:
             self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+            # In the starter's context: the service it starts this for (spans.current_service) goes along.
+            self._thread = threading.Thread(
+                target=contextvars.copy_context().run, args=(self._run,), name=self.thread_name, daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:

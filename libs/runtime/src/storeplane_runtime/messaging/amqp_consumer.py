@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import queue
 import random
@@ -91,9 +92,11 @@ class AmqpConsumer:
         if self._threads:
             return
         self._stopping.clear()
-        self._threads = [
-            threading.Thread(target=self._io_loop, name=f"events-io-{self.name}", daemon=True),
-            threading.Thread(target=self._handler_loop, name=f"events-handler-{self.name}", daemon=True),
+        self._threads = [  # each in a copy of the starter's context (spans.current_service)
+            threading.Thread(
+                target=contextvars.copy_context().run, args=(loop,), name=f"events-{kind}-{self.name}", daemon=True
+            )
+            for kind, loop in (("io", self._io_loop), ("handler", self._handler_loop))
         ]
         for thread in self._threads:
             thread.start()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import random
@@ -119,7 +120,9 @@ class OutboxRelay:
         if self._thread is not None:
             return
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"outbox-relay-{self.service}", daemon=True)
+        self._thread = threading.Thread(  # in the starter's context (spans.current_service)
+            target=contextvars.copy_context().run, args=(self._run,), name=f"outbox-relay-{self.service}", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
