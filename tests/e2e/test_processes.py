@@ -114,3 +114,23 @@ def test_embedded_stack_starts_all_five_and_stops_on_sigterm(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_embedded_stack_stops_gracefully_on_sigterm_while_it_loads_the_demo_data(tmp_path: Path) -> None:
+    base_port = free_port_block(5)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storeplane_cli", "run", "--data-dir", str(tmp_path / "data")]
+        + ["--base-port", str(base_port), "--metrics-port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "gateway at" in proc.stdout.readline()  # up; the demo data starts loading now
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not (tmp_path / "data" / ".seeded").exists()  # cut short: loaded again on the next start
+    finally:
+        if proc.poll() is None:
+            proc.kill()

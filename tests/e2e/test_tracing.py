@@ -439,7 +439,7 @@ def test_in_the_embedded_stack_each_services_spans_carry_its_own_name(tmp_path: 
                 assert span.service == "checkout" or parent is None or parent.service == span.service, span
         assert any(s.kind == PRODUCER and s.service == "checkout" for s in every)
     finally:
-        proc.send_signal(signal.SIGTERM)  # (its exit on SIGTERM is test_processes.py's; it may still be seeding)
+        proc.send_signal(signal.SIGTERM)  # (that it stops gracefully is test_processes.py's)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

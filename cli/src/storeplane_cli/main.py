@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +30,12 @@ def _layout(args: argparse.Namespace) -> Layout:
 def cmd_run(args: argparse.Namespace) -> int:
     from storeplane_cli.stack import EmbeddedStack
     from storeplane_runtime.logs import configure_logging
-    from storeplane_runtime.server import run_until_signal
+    from storeplane_runtime.server import run_until_signal, stop_on_signal
 
     configure_logging(args.log_level)
     layout = _layout(args)
     data_dir = Path(args.data_dir)
+    stop = stop_on_signal()  # a signal while starting or loading the demo data stops the stack gracefully too
     started = time.perf_counter()
     stack = EmbeddedStack(layout, data_dir, metrics_port=args.metrics_port)
     stack.start()
@@ -44,8 +46,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_seed:
         from storeplane_cli.seed import seed_once
 
-        seed_once(gateway, data_dir, seed_token(data_dir), out=sys.stdout)
-    run_until_signal([app.host for app in stack.apps], drain_seconds=0)
+        # Beside the serving, not before it: a SIGTERM or Ctrl-C while the demo data loads stops the stack as
+        # gracefully as later (the data is loaded again on the next start: the marker is written only when all
+        # of it landed).
+        threading.Thread(
+            target=seed_once,
+            args=(gateway, data_dir, seed_token(data_dir)),
+            kwargs={"out": sys.stdout},
+            name="seed",
+            daemon=True,
+        ).start()
+    run_until_signal([app.host for app in stack.apps], drain_seconds=0, stop=stop)
     stack.stop(0)
     return 0
 

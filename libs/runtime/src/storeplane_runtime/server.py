@@ -21,7 +21,7 @@ from storeplane_runtime.settings import ServiceSettings
 from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
 from storeplane_runtime.telemetry import configure_tracing, serve_metrics, tracing_exported
 
-__all__ = ["ServiceHost", "ServiceRegistration", "run_until_signal"]
+__all__ = ["ServiceHost", "ServiceRegistration", "run_until_signal", "stop_on_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +159,29 @@ class ServiceHost:
             self._server.wait_for_termination()
 
 
-def run_until_signal(hosts: Iterable[ServiceHost], *, drain_seconds: float = 0.0) -> None:
-    """Block until SIGTERM or SIGINT, then stop every host in parallel (health first, then grace)."""
-    hosts = list(hosts)
+def stop_on_signal() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets from now on: for a process with work to do before it serves and
+    blocks (its `run_until_signal(..., stop=)` then stops at once if a signal came meanwhile)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal received", extra={"signal": signal.Signals(signum).name})
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    return stop
+
+
+def run_until_signal(
+    hosts: Iterable[ServiceHost], *, drain_seconds: float = 0.0, stop: threading.Event | None = None
+) -> None:
+    """Block until SIGTERM or SIGINT (or `stop`, from `stop_on_signal`), then stop every host in parallel (health
+    first, then grace)."""
+    hosts = list(hosts)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if stop is None:
+        stop = stop_on_signal()
     try:
         while not stop.wait(0.5):
             pass
