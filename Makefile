@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen --all-packages
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
 
-.PHONY: run up test lint proto bench ci seed demo health clean fmt bytecode dev-issuer
+.PHONY: run up test lint proto openapi bench ci seed demo health clean fmt bytecode dev-issuer
 
 run: bytecode  ## the embedded stack: all five processes in one, SQLite, in-process bus
 	$(RUN) storeplane run
@@ -34,6 +34,9 @@ fmt: .venv/.synced
 
 proto: .venv/.synced  ## regenerate libs/contracts from protos/
 	$(RUN) python scripts/gen_protos.py
+
+openapi: .venv/.synced libs/contracts/.generated  ## regenerate docs/openapi.json from the protos' HTTP annotations
+	$(RUN) python -m gateway.openapi --out docs/openapi.json
 
 bench: bytecode  ## benchmarks: figures and ratios against a floor measured in the same run
 	$(RUN) python -m benchmarks $(BENCH_ARGS)
