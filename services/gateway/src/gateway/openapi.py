@@ -199,6 +199,15 @@ ERROR_NOTES = {
     "503": "A service is down or unreachable; retrying later is safe for idempotent calls.",
     "504": "The call's deadline passed.",
 }
+# Refusals of the edge's own filters before the transcoder (jwt_authn, the anonymous rate limit): Envoy's local reply.
+EDGE_REFUSALS = {
+    "401": "When the edge itself refuses the token (missing, malformed, bad signature, expired), before transcoding, "
+    "the body is Envoy's short plain-text reason instead.",
+    "403": "When the edge itself refuses the token (e.g. audience not allowed), before transcoding, the body is "
+    "Envoy's short plain-text reason instead.",
+    "429": "Calls without a token are limited per client address by the edge itself, before transcoding: that 429 "
+    "has a plain-text body instead.",
+}
 CODE_TABLE = (
     "| gRPC code | HTTP status |\n| --- | --- |\n"
     "| OK | 200 |\n| INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE | 400 |\n| UNAUTHENTICATED | 401 |\n"
@@ -876,6 +885,9 @@ def _components(schemas: _Schemas) -> dict[str, Any]:
             "description": f"gRPC {', '.join(codes)}. {ERROR_NOTES[status]}",
             "content": error_content,
         }
+        if status in EDGE_REFUSALS:
+            response["description"] += " " + EDGE_REFUSALS[status]
+            response["content"] = {**error_content, "text/plain": {"schema": {"type": "string"}}}
         if status == "429":
             response["headers"] = {
                 "Retry-After": {
@@ -899,8 +911,10 @@ def _components(schemas: _Schemas) -> dict[str, Any]:
                 "in": "header",
                 "required": False,
                 "description": (
-                    "Idempotency key of the call, used when the body's `requestId` is empty (see the conventions: "
-                    "scoped to the token's subject, kept at least 24 hours; a UUID is recommended)."
+                    "Idempotency key of the call, passed on as the `idempotency-key` metadata: it stands for an "
+                    "empty `requestId` (for a client stream: the first message's), with the same rules (scoped to "
+                    "the token's subject, kept at least 24 hours, at most 128 characters; a UUID is recommended). "
+                    "Given both, they must be equal, else INVALID_ARGUMENT."
                 ),
                 "schema": {"type": "string", "maxLength": 128},
             }
@@ -977,6 +991,9 @@ def build_document(descriptor_set: descriptor_pb2.FileDescriptorSet) -> dict[str
             if tuple(location.path) == (FILE_SYNTAX,):  # the file's comment precedes its syntax statement
                 comments = [location.leading_comments, *location.leading_detached_comments]
                 conventions = "\n\n".join(_clean_comment(c) for c in comments if c.strip())
+    # Its "HTTP/JSON." paragraph is what this document says in full (and its word on server streams is not what the
+    # edge does: one JSON message per line, not one JSON array).
+    conventions = "\n\n".join(p for p in conventions.split("\n\n") if not p.startswith("HTTP/JSON."))
     description = (
         "The storeplane platform (checkout, stock, customer, loyalty) over HTTP/JSON: the edge transcodes each "
         "operation to the gRPC method named in its `x-grpc-method`. Bodies follow the proto3 JSON mapping: "
