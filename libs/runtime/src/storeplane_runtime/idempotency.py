@@ -1,16 +1,23 @@
 """Client request ids for mutating RPCs: the same key and request returns the first answer again;
-the same key with a different request is refused with IDEMPOTENCY_KEY_REUSED."""
+the same key with a different request is refused with IDEMPOTENCY_KEY_REUSED.
+
+The key comes in the request's `request_id` field or in the `idempotency-key` metadata entry (the HTTP
+`Idempotency-Key` header, which Envoy's grpc_json_transcoder passes on as metadata): `IdempotencyKeyHeader`, in
+every service's server chain, writes the header's key into an empty request_id before the servicer sees the
+request, so everything downstream reads request_id alone."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from sqlalchemy import bindparam, select
 
@@ -19,16 +26,20 @@ from storeplane_runtime.db import Database, RequestIdTaken, UnitOfWork
 from storeplane_runtime.driver import driver_execute
 from storeplane_runtime.errors import DomainError, FieldViolation, IdempotencyKeyReused, InvalidInput
 from storeplane_runtime.identity import caller_of
+from storeplane_runtime.interceptors import HandlerWrapper, rewrapped
 from storeplane_runtime.tables import idempotency_table
 
 __all__ = [
+    "IDEMPOTENCY_KEY_METADATA",
     "MAX_REQUEST_ID_LENGTH",
     "RETENTION",
     "Call",
+    "IdempotencyKeyHeader",
     "IdempotentCalls",
     "StoredAnswer",
     "check_request_id",
     "fingerprint",
+    "key_from_metadata",
     "run_batch",
     "run_once",
     "store_answer",
@@ -39,6 +50,9 @@ R = TypeVar("R", bound=Message)
 P = TypeVar("P")
 
 MAX_REQUEST_ID_LENGTH = 128
+# The metadata entry that may carry the key instead of request_id (gRPC metadata keys are lower case; over HTTP it is
+# the `Idempotency-Key` header).
+IDEMPOTENCY_KEY_METADATA = "idempotency-key"
 # Keys older than this are forgotten by every service process's `messaging.pruning.Pruner`; the contract promises
 # at least 24 h.
 RETENTION = timedelta(hours=48)
@@ -78,6 +92,100 @@ def check_request_id(request_id: str) -> None:
             "request_id is too long",
             violations=[FieldViolation("request_id", f"at most {MAX_REQUEST_ID_LENGTH} characters")],
         )
+
+
+def key_from_metadata(context: grpc.ServicerContext) -> str:
+    """The call's `idempotency-key` metadata; empty when it has none (or an empty one). Given more than once with
+    different values, INVALID_ARGUMENT."""
+    keys = {str(value) for key, value in context.invocation_metadata() or () if key == IDEMPOTENCY_KEY_METADATA}
+    keys.discard("")
+    if len(keys) > 1:
+        raise InvalidInput(
+            "the idempotency-key header is given more than once with different values",
+            violations=[FieldViolation("request_id", "one idempotency-key header only")],
+        )
+    return keys.pop() if keys else ""
+
+
+def _take_key(request: Message, key: str) -> None:
+    """The header's key into the request: into an empty request_id; equal to a given one, else INVALID_ARGUMENT."""
+    given: str = request.request_id  # type: ignore[attr-defined]
+    if not given:
+        request.request_id = key  # type: ignore[attr-defined]
+    elif given != key:
+        raise InvalidInput(
+            "request_id and the idempotency-key header differ",
+            violations=[
+                FieldViolation("request_id", "differs from the idempotency-key header: send one, or both equal")
+            ],
+        )
+
+
+def _takes_request_id(method: str) -> bool:
+    """Whether the RPC (`/pkg.Service/Method`) is known to the default descriptor pool with a request message that
+    has a `string request_id` (every mutating RPC does)."""
+    try:
+        descriptor = descriptor_pool.Default().FindMethodByName(method.lstrip("/").replace("/", "."))
+    except KeyError:
+        return False
+    field = descriptor.input_type.fields_by_name.get("request_id")
+    return field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated
+
+
+class IdempotencyKeyHeader(HandlerWrapper):
+    """Server interceptor: the `idempotency-key` metadata of a call to an RPC with a `request_id` stands for an empty
+    request_id (written into the request before the servicer runs); given both, they must be equal, else
+    INVALID_ARGUMENT with a field violation on request_id. For a client stream the key stands for the first message's
+    request_id, the one that names the stream (later messages are left as sent). Calls without the metadata, and
+    RPCs without a request_id, pass untouched. Domain errors it raises are turned into statuses by the
+    ServiceInterceptor outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._takes: dict[str, bool] = {}
+
+    def passes(self, method: str) -> bool:
+        takes = self._takes.get(method)
+        if takes is None:
+            takes = _takes_request_id(method)
+            if len(self._takes) < 10_000:
+                self._takes[method] = takes
+        return not takes
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        fill = _fill_stream if handler.request_streaming else _fill_message
+
+        def unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def handle(request: Any, context: grpc.ServicerContext) -> Any:
+                return behaviour(fill(request, context), context)
+
+            return handle
+
+        def streaming(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+            def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                yield from behaviour(fill(request, context), context)
+
+            return handle
+
+        return rewrapped(handler, unary, streaming)
+
+
+def _fill_message(request: Message, context: grpc.ServicerContext) -> Message:
+    key = key_from_metadata(context)
+    if key:
+        _take_key(request, key)
+    return request
+
+
+def _fill_stream(requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
+    key = key_from_metadata(context)
+    if not key:
+        return requests
+    first = next(requests, None)
+    if first is None:
+        return iter(())
+    _take_key(first, key)
+    return itertools.chain((first,), requests)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from storeplane_runtime.auth import auth_interceptor
+from storeplane_runtime.idempotency import IdempotencyKeyHeader
 from storeplane_runtime.interceptors import ServerSpans, ServiceInterceptor
 from storeplane_runtime.settings import ServiceSettings
 from storeplane_runtime.status import BASE_ERROR_TABLE, ErrorMapper, ErrorTable
@@ -90,6 +91,8 @@ class ServiceHost:
             )
         if self.standard_interceptors and self.authorise:
             chain.append(auth_interceptor(s, [r.name for r in self.registrations]))
+        if self.standard_interceptors:  # an idempotency-key header stands for an empty request_id
+            chain.append(IdempotencyKeyHeader())
         chain.extend(self.interceptors)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.grpc_workers, thread_name_prefix=f"{s.service_name}-rpc"),
