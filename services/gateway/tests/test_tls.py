@@ -1,5 +1,7 @@
-"""TLS on the gateway's port: certificates made here with `cryptography`; plaintext and uncertified callers refused,
-client certificates checked against the store edges' CA, and a certificate replaced on disk served without a restart."""
+"""TLS on the edge's port (Envoy, its files through SDS): certificates made here with `cryptography`; plaintext and
+uncertified callers refused, client certificates checked against the store edges' CA, and a certificate replaced on
+disk served without a restart. Envoy re-reads the files when a file is MOVED into the certificate's directory (as a
+Secret volume's `..data` swap or `os.replace` does), not when one is written in place."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from gateway_kit import OWN_CONNECTIONS, WAIT, FrontedBackend, RunningGateway, get_item
+from gateway_kit import OWN_CONNECTIONS, WAIT, FakeBackend, RunningGateway, get_item
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from storeplane_runtime.auth.issuer import DevIssuer
@@ -145,7 +147,7 @@ def serving(channel: grpc.Channel) -> bool:
 
 
 def test_a_tls_client_is_served_and_a_plaintext_one_is_not(
-    make_gateway: Gateways, pki: Pki, issuer: DevIssuer, fronted: tuple[FrontedBackend, int]
+    make_gateway: Gateways, pki: Pki, issuer: DevIssuer, backend: FakeBackend
 ) -> None:
     gateway = make_gateway(tls_cert_file=str(pki.cert_file), tls_key_file=str(pki.key_file))
     channel = tls_channel(gateway, pki.server_ca)
@@ -153,7 +155,7 @@ def test_a_tls_client_is_served_and_a_plaintext_one_is_not(
     assert get_item(channel, issuer.mint(scopes=["stock.read"]), b"over tls") == b"echo:over tls"
     assert not serving(gateway.channel())
     assert not serving(tls_channel(gateway, make_ca("a CA the gateway's certificate is not from")))
-    assert fronted[0].calls == 1
+    assert backend.calls == 1
 
 
 def test_with_a_client_ca_only_callers_with_a_certificate_it_signed_get_in(make_gateway: Gateways, pki: Pki) -> None:
@@ -209,6 +211,19 @@ def test_a_half_replaced_pair_is_not_served_until_the_key_matches(make_gateway: 
     assert not serving(tls_channel(gateway, renewed_ca))
     write(pki.key_file, renewed.key_pem)
     wait_until(lambda: serving(tls_channel(gateway, renewed_ca)), timeout=WAIT, what="the completed pair served")
+
+
+def test_files_rewritten_in_place_are_served_after_the_next_move_into_their_directory(
+    make_gateway: Gateways, pki: Pki
+) -> None:
+    gateway = make_gateway(tls_cert_file=str(pki.cert_file), tls_key_file=str(pki.key_file))
+    renewed_ca = make_ca("storeplane test server CA, renewed")
+    renewed = issue(renewed_ca, "gateway", server=True)
+    pki.key_file.write_bytes(renewed.key_pem)  # in place: no move, so no reload yet
+    pki.cert_file.write_bytes(renewed.pem)
+    assert serving(tls_channel(gateway, pki.server_ca))
+    write(pki.directory / "..data", b"")  # any move into the directory makes Envoy read every file again
+    wait_until(lambda: serving(tls_channel(gateway, renewed_ca)), timeout=WAIT, what="the rewritten pair served")
 
 
 @pytest.mark.parametrize("problem", ["key of another certificate", "missing key file", "not PEM"])
