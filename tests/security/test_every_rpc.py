@@ -134,6 +134,11 @@ def _forged(authority: TestAuthority) -> dict[str, tuple[str, str]]:
     }
 
 
+# Envoy's jwt_authn says only that no key of the JWKS matches the token's kid and algorithm: at the edge an HS256
+# token naming our key id reads UNKNOWN_KEY, where a service, which looks at the algorithm first, says TOKEN_INVALID.
+EDGE_REASONS = {"HS256 with the public key": "UNKNOWN_KEY"}
+
+
 @pytest.fixture(params=["direct", "gateway"])
 def route(request: pytest.FixtureRequest, stack: Stack) -> tuple[str, Stack]:
     return request.param, stack
@@ -152,6 +157,7 @@ def test_every_rpc_refuses_bad_tokens_missing_scopes_and_other_stores(
     own = [_request(method, OWN)]
     with _channel(stack, how, process) as channel:
         for case, (token, reason) in _forged(authority).items():
+            reason = EDGE_REASONS.get(case, reason) if how == "gateway" else reason
             got = _call(channel, method, own, token)
             assert (got.code, got.reason) == (grpc.StatusCode.UNAUTHENTICATED, reason), f"{case}: {got}"
 

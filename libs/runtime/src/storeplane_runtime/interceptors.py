@@ -26,6 +26,7 @@ from storeplane_runtime.telemetry import RPC_HANDLED, RPC_LATENCY
 __all__ = ["HandlerWrapper", "ServerSpans", "ServiceInterceptor", "rewrapped"]
 
 log = logging.getLogger("storeplane.rpc")
+HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -253,7 +254,8 @@ class ServiceInterceptor(HandlerWrapper):
         code = _code_name(context)
         RPC_HANDLED.labels(service, name, code).inc()
         RPC_LATENCY.labels(service, name).observe(elapsed)
-        if log.isEnabledFor(logging.INFO):
+        # Health checks (the edge asks every second or two) are counted, not logged: they would drown the calls.
+        if service != HEALTH_SERVICE and log.isEnabledFor(logging.INFO):
             log.info(
                 "rpc", extra={"grpc_method": f"{service}/{name}", "grpc_code": code, "ms": round(elapsed * 1e3, 3)}
             )
