@@ -60,7 +60,7 @@ class JwksServer:
     """The JWKS file over HTTP on a loopback port, read afresh at every fetch: Envoy fetches keys by URL and caches
     them for AUTH_JWKS_REFRESH_SECONDS, so a rotated file reaches the edge without a restart."""
 
-    def __init__(self, jwks_file: str) -> None:
+    def __init__(self, jwks_file: str, port: int = 0) -> None:
         path = Path(jwks_file)
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,7 +80,7 @@ class JwksServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks.json"
         self._thread = threading.Thread(target=self._server.serve_forever, name="edge-jwks", daemon=True)
@@ -151,13 +151,21 @@ class EnvoyProcess:
         tls_files: tuple[str, str, str] | None = None,
         openapi: Callable[[Path], None] | None = None,
         on_exit: Callable[[int], None] | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         self.services, self.plan, self.binary = list(services), plan, binary
         self.concurrency, self.log_level, self.tls_files, self.openapi = concurrency, log_level, tls_files, openapi
         self.on_exit = on_exit
-        self.run_dir = Path(tempfile.mkdtemp(prefix="storeplane-edge-"))
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="storeplane-edge-"))
+        self._own_run_dir = run_dir is None
         self.child: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+
+    def write(self) -> Path:
+        """The bootstrap and the files it names, in the run directory; returns the bootstrap's path."""
+        config_file = self.run_dir / "envoy.json"
+        config_file.write_text(json.dumps(self.config(), indent=1) + "\n")
+        return config_file
 
     def config(self) -> dict[str, object]:
         plan = self.plan
@@ -185,8 +193,7 @@ class EnvoyProcess:
         return envoy_config(self.services, plan)
 
     def start(self) -> None:
-        config_file = self.run_dir / "envoy.json"
-        config_file.write_text(json.dumps(self.config(), indent=1))
+        config_file = self.write()
         command = [
             self.binary,
             "-c",
@@ -262,7 +269,8 @@ class EnvoyProcess:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _replace(plan: EdgePlan, **changes: object) -> EdgePlan:

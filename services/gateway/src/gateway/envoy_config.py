@@ -92,6 +92,7 @@ class EdgePlan:
     service_name: str = "gateway"
     retry_attempts: int = 2
     span_flush_ms: int = 5000
+    otlp_grpc: bool = False  # OTLP over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc) instead of OTLP/HTTP protobuf
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -539,30 +540,25 @@ def _access_log() -> list[dict[str, Any]]:
 
 
 def _tracing(plan: EdgePlan) -> dict[str, Any]:
+    config: dict[str, Any] = {"@type": _typed("config.trace.v3.OpenTelemetryConfig"), "service_name": plan.service_name}
+    if plan.otlp_grpc:
+        config["grpc_service"] = {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "2s"}
+    else:
+        uri = plan.otlp_endpoint.rstrip("/") + "/v1/traces"
+        config["http_service"] = {"http_uri": {"uri": uri, "cluster": "otlp", "timeout": "2s"}}
     return {
-        "provider": {
-            "name": "envoy.tracers.opentelemetry",
-            "typed_config": {
-                "@type": _typed("config.trace.v3.OpenTelemetryConfig"),
-                "service_name": plan.service_name,
-                "http_service": {
-                    "http_uri": {
-                        "uri": plan.otlp_endpoint.rstrip("/") + "/v1/traces",
-                        "cluster": "otlp",
-                        "timeout": "2s",
-                    }
-                },
-            },
-        },
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": config},
         # A CLIENT span for the hop to the service under each call's SERVER span, as a gRPC client makes.
         "spawn_upstream_span": True,
     }
 
 
-def _otlp_cluster(endpoint: str) -> dict[str, Any]:
-    cluster = _jwks_cluster(endpoint)
+def _otlp_cluster(plan: EdgePlan) -> dict[str, Any]:
+    cluster = _jwks_cluster(plan.otlp_endpoint)
     cluster["name"] = "otlp"
     cluster["load_assignment"]["cluster_name"] = "otlp"
+    if plan.otlp_grpc:
+        cluster["typed_extension_protocol_options"] = _h2_options(plan)
     return cluster
 
 
@@ -708,7 +704,7 @@ def envoy_config(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[
     clusters = [_backend_cluster(s.full_name, plan.backends[s.full_name], plan) for s in services]
     clusters += [_companion_cluster(plan), _jwks_cluster(plan.jwks_url)]
     if plan.otlp_endpoint:
-        clusters.append(_otlp_cluster(plan.otlp_endpoint))
+        clusters.append(_otlp_cluster(plan))
     listeners = [_listener(services, plan)]
     if plan.metrics_port:
         listeners.append(_metrics_listener(plan))

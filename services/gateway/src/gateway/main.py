@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import openapi
@@ -19,8 +21,9 @@ from pos.customer.v1 import customer_pb2
 from pos.loyalty.v1 import loyalty_pb2
 from pos.stock.v1 import stock_pb2
 from storeplane_runtime.app import ServiceApp, command_line
-from storeplane_runtime.server import ServiceHost
-from storeplane_runtime.settings import ServiceSettings, SettingsError
+from storeplane_runtime.logs import configure_logging
+from storeplane_runtime.server import ServiceHost, run_until_signal
+from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
 
 __all__ = ["FRONTED", "NAME", "EdgeApp", "Settings", "backend_addresses", "cli", "create_app"]
 
@@ -53,7 +56,6 @@ class EdgeApp(ServiceApp):
     envoy: EnvoyProcess | None = None
     jwks: JwksServer | None = None
     watch: BackendWatch | None = None
-    extra_stops: list[object] = field(default_factory=list)
 
     def start(self) -> int:
         assert self.envoy is not None
@@ -85,7 +87,35 @@ def _with_companion(plan: EdgePlan, port: int) -> EdgePlan:
 
 
 def create_app(settings: Settings) -> ServiceApp:
+    """The edge as `make run` and `storeplane up` run it: the companion on a loopback port, then Envoy as a child."""
     binary = envoy_binary(settings.envoy_binary)
+    jwks = None if settings.auth_jwks_url else JwksServer(settings.resolved_jwks_file(), settings.edge_jwks_port)
+    host, watch = companion_host(settings)
+    envoy = envoy_process(settings, binary=binary, jwks_url=jwks.url if jwks is not None else "")
+    app = EdgeApp(NAME, settings, host, envoy=envoy, jwks=jwks, watch=watch)
+    app.workers.extend([watch, envoy])
+    if jwks is not None:
+        app.workers.append(jwks)
+    return app
+
+
+def companion_host(settings: Settings) -> tuple[ServiceHost, BackendWatch]:
+    """The companion: loopback only, health without a token, reflection as REFLECTION says (Envoy has checked the
+    token first when it is `token`). Its own metrics port stays closed: Envoy's stats are the gateway's metrics."""
+    backends = backend_addresses(settings)
+    companion_settings = settings.model_copy(
+        update={"grpc_host": "127.0.0.1", "grpc_port": settings.edge_companion_port, "metrics_port": 0}
+    )
+    host = ServiceHost(
+        companion_settings, extra_service_names=list(backends), standard_interceptors=False, authorise=False
+    )
+    return host, BackendWatch(host.health, backends)
+
+
+def envoy_process(
+    settings: Settings, *, binary: str, jwks_url: str, run_dir: Path | None = None, companion_port: int = 0
+) -> EnvoyProcess:
+    """Envoy for `settings`: the plan of its configuration, and the process that writes and runs it."""
     descriptors = descriptor_set_path()
     backends = backend_addresses(settings)
     services = load_services(list(backends), descriptors)
@@ -100,19 +130,23 @@ def create_app(settings: Settings) -> ServiceApp:
             str(Path(settings.tls_key_file).absolute()),
             str(Path(settings.tls_client_ca_file).absolute()) if settings.tls_client_ca_file else "",
         )
-    jwks = None if settings.auth_jwks_url else JwksServer(settings.resolved_jwks_file())
+    if run_dir is not None:  # an Envoy of its own image reads the descriptors from the rendered directory
+        shutil.copyfile(descriptors, run_dir / descriptors.name)
+        descriptors = run_dir / descriptors.name
+    local_keys = not settings.auth_jwks_url
     plan = EdgePlan(
         listen_host=settings.grpc_host,
         listen_port=settings.grpc_port,
         backends=backends,
-        companion="127.0.0.1:0",
+        companion=f"127.0.0.1:{companion_port}",
         descriptor_set=descriptors,
         openapi_file=None,
         issuer=settings.auth_issuer,
         audience=settings.auth_audience,
-        jwks_url=settings.auth_jwks_url or (jwks.url if jwks is not None else ""),
+        jwks_url=settings.auth_jwks_url or jwks_url,
+        # The companion's copy of the JWKS file is on loopback: fetched often, a rotated file is seen within 5 s.
         jwks_refresh_seconds=min(settings.auth_jwks_refresh_seconds, 5.0)
-        if jwks is not None
+        if local_keys
         else settings.auth_jwks_refresh_seconds,
         leeway_seconds=settings.auth_leeway_seconds,
         default_deadline_seconds=settings.default_deadline_seconds,
@@ -125,45 +159,33 @@ def create_app(settings: Settings) -> ServiceApp:
         reflection=settings.reflection,
         cors_origins=tuple(settings.allowed_origins()),
         metrics_port=settings.metrics_port,
-        otlp_endpoint=_otlp_http_endpoint(),
+        admin_port=settings.edge_admin_port,
+        otlp_endpoint=_otlp_endpoint(),
+        otlp_grpc=_otlp_protocol() == "grpc",
         span_flush_ms=int(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000") or 5000),
         service_name=settings.service_name,
     )
-    envoy = EnvoyProcess(
+    return EnvoyProcess(
         services,
         plan,
         binary=binary,
         concurrency=settings.envoy_concurrency,
         log_level=settings.envoy_log_level,
         tls_files=tls_files,
-        openapi=_openapi_writer(descriptors),
+        openapi=_openapi_writer(descriptor_set_path()),
+        run_dir=run_dir,
     )
-    # The companion: loopback only, no token needed for health; reflection as REFLECTION says (Envoy checks the
-    # token first when it is `token`). Its own metrics port stays closed: Envoy's stats are the gateway's metrics.
-    companion_settings = settings.model_copy(update={"grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0})
-    host = ServiceHost(
-        companion_settings,
-        extra_service_names=list(backends),
-        standard_interceptors=False,
-        authorise=False,
-    )
-    watch = BackendWatch(host.health, backends)
-    app = EdgeApp(NAME, settings, host, envoy=envoy, jwks=jwks, watch=watch)
-    app.workers.extend([watch, envoy])
-    if jwks is not None:
-        app.workers.append(jwks)
-    return app
 
 
-def _otlp_http_endpoint() -> str:
-    """Where Envoy sends its spans: the OTLP/HTTP endpoint the services use (a gRPC one on 4317 is not Envoy's)."""
+def _otlp_protocol() -> str:
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
 
+
+def _otlp_endpoint() -> str:
+    """Where Envoy sends its spans: the services' OTLP endpoint (OTLP/HTTP, or gRPC when the protocol says so)."""
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     if not endpoint or os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower() == "none":
         return ""
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
-    if protocol == "grpc":
-        return ""  # Envoy's OpenTelemetry tracer is configured here for OTLP/HTTP only
     return endpoint.removesuffix("/v1/traces")
 
 
@@ -177,4 +199,59 @@ def _openapi_writer(descriptors: Path) -> Callable[[Path], None]:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    command_line(NAME, Settings, create_app, argv)
+    """`python -m gateway [serve]`: Envoy as a child beside the companion (make run, storeplane up);
+    `python -m gateway companion`: the companion alone, on EDGE_COMPANION_PORT and EDGE_JWKS_PORT, for a pod whose
+    Envoy runs from the official image; `python -m gateway render DIR`: that Envoy's configuration, written to DIR."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else "serve"
+    if command in ("serve", "migrate"):
+        command_line(NAME, Settings, _exiting_with_envoy, args)
+        return
+    try:
+        settings = load_settings(Settings, NAME)
+        configure_logging(settings.log_level)
+        if command == "render" and len(args) == 2:
+            target = Path(args[1])
+            target.mkdir(parents=True, exist_ok=True)
+            envoy = envoy_process(
+                settings,
+                binary="",
+                jwks_url=f"http://127.0.0.1:{settings.edge_jwks_port}/jwks.json",
+                run_dir=target,
+                companion_port=settings.edge_companion_port,
+            )
+            print(envoy.write())
+            return
+        if command == "companion":
+            if not (settings.edge_companion_port and (settings.edge_jwks_port or settings.auth_jwks_url)):
+                raise SettingsError(
+                    "gateway: companion needs EDGE_COMPANION_PORT and EDGE_JWKS_PORT (or AUTH_JWKS_URL)"
+                )
+            jwks = (
+                None if settings.auth_jwks_url else JwksServer(settings.resolved_jwks_file(), settings.edge_jwks_port)
+            )
+            host, watch = companion_host(settings)
+            if jwks is not None:
+                jwks.start()
+            host.start()
+            watch.start()
+            run_until_signal([host])
+            watch.stop()
+            if jwks is not None:
+                jwks.stop()
+            return
+    except SettingsError as exc:
+        print(str(exc.code), file=sys.stderr)
+        raise SystemExit(2) from None
+    print("usage: python -m gateway [serve | companion | render DIR]", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _exiting_with_envoy(settings: Settings) -> ServiceApp:
+    """The served edge, as a process of its own: when Envoy dies, the process ends too (exit 3), so that whoever
+    runs it (storeplane up, a supervisor) sees the edge is gone instead of a companion answering for nothing."""
+    app = create_app(settings)
+    assert isinstance(app, EdgeApp)
+    assert app.envoy is not None
+    app.envoy.on_exit = lambda code: os._exit(3)
+    return app

@@ -34,6 +34,11 @@ class Settings(ServiceSettings):
     envoy_binary: str = ""
     envoy_concurrency: int = Field(default=0, ge=0, le=64)
     envoy_log_level: str = Field(default="warning", pattern="^(trace|debug|info|warning|error|critical|off)$")
+    # Loopback ports of the companion (health, reflection) and of its JWKS file over HTTP, and Envoy's admin: 0 picks
+    # free ones (an Envoy child); fixed where Envoy runs in a container of its own beside the companion (Kubernetes).
+    edge_companion_port: int = Field(default=0, ge=0, le=65535)
+    edge_jwks_port: int = Field(default=0, ge=0, le=65535)
+    edge_admin_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("rate_limit_storage_url")
     @classmethod
