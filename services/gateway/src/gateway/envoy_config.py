@@ -92,6 +92,7 @@ class EdgePlan:
     service_name: str = "gateway"
     retry_attempts: int = 2
     span_flush_ms: int = 5000
+    access_log: bool = True  # a JSON line per call (LOG_LEVEL INFO or DEBUG, as the services' RPC lines)
     otlp_grpc: bool = False  # OTLP over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc) instead of OTLP/HTTP protobuf
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -627,7 +628,7 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
             "max_direct_response_body_size_bytes": 8 * 1024 * 1024,
         },
         "http_filters": http_filters,
-        "access_log": _access_log(),
+        "access_log": _access_log() if plan.access_log else [],
         "local_reply_config": _local_reply_config(),
     }
     if plan.otlp_endpoint:

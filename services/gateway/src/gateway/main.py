@@ -164,6 +164,7 @@ def envoy_process(
         otlp_grpc=_otlp_protocol() == "grpc",
         span_flush_ms=int(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000") or 5000),
         service_name=settings.service_name,
+        access_log=settings.log_level in ("DEBUG", "INFO"),
     )
     return EnvoyProcess(
         services,
