@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -119,14 +119,23 @@ def command_line(
     settings_cls: type[S],
     create_app: Callable[[S], ServiceApp],
     argv: Sequence[str] | None = None,
+    commands: Mapping[str, Callable[[S, list[str]], None]] | None = None,
 ) -> None:
-    """`python -m <name> [serve|migrate]`: serve until SIGTERM/SIGINT, or upgrade the schema and exit."""
+    """`python -m <name> [serve|migrate]`: serve until SIGTERM/SIGINT, or upgrade the schema and exit; `commands`
+    adds a process's own (`python -m gateway render DIR`), each run with the settings and its arguments."""
+    extra = dict(commands or {})
     parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"storeplane {name} service")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate", *extra])
+    parser.add_argument("arguments", nargs="*", help="arguments of the command")
     args = parser.parse_args(argv)
+    if args.arguments and args.command not in extra:
+        parser.error(f"{args.command} takes no arguments")
     try:
         settings = load_settings(settings_cls, name)
         configure_logging(settings.log_level)
+        if args.command in extra:
+            extra[args.command](settings, list(args.arguments))
+            return
         app = create_app(settings)
         if args.command == "migrate":
             if app.database is None or app.migrations is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,8 @@ from pos.customer.v1 import customer_pb2
 from pos.loyalty.v1 import loyalty_pb2
 from pos.stock.v1 import stock_pb2
 from storeplane_runtime.app import ServiceApp, command_line
-from storeplane_runtime.logs import configure_logging
 from storeplane_runtime.server import ServiceHost, run_until_signal
-from storeplane_runtime.settings import ServiceSettings, SettingsError, load_settings
+from storeplane_runtime.settings import ServiceSettings, SettingsError
 
 __all__ = ["FRONTED", "NAME", "EdgeApp", "Settings", "backend_addresses", "cli", "create_app"]
 
@@ -203,49 +201,40 @@ def cli(argv: Sequence[str] | None = None) -> None:
     """`python -m gateway [serve]`: Envoy as a child beside the companion (make run, storeplane up);
     `python -m gateway companion`: the companion alone, on EDGE_COMPANION_PORT and EDGE_JWKS_PORT, for a pod whose
     Envoy runs from the official image; `python -m gateway render DIR`: that Envoy's configuration, written to DIR."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    command = args[0] if args else "serve"
-    if command in ("serve", "migrate"):
-        command_line(NAME, Settings, _exiting_with_envoy, args)
-        return
-    try:
-        settings = load_settings(Settings, NAME)
-        configure_logging(settings.log_level)
-        if command == "render" and len(args) == 2:
-            target = Path(args[1])
-            target.mkdir(parents=True, exist_ok=True)
-            envoy = envoy_process(
-                settings,
-                binary="",
-                jwks_url=f"http://127.0.0.1:{settings.edge_jwks_port}/jwks.json",
-                run_dir=target,
-                companion_port=settings.edge_companion_port,
-            )
-            print(envoy.write())
-            return
-        if command == "companion":
-            if not (settings.edge_companion_port and (settings.edge_jwks_port or settings.auth_jwks_url)):
-                raise SettingsError(
-                    "gateway: companion needs EDGE_COMPANION_PORT and EDGE_JWKS_PORT (or AUTH_JWKS_URL)"
-                )
-            jwks = (
-                None if settings.auth_jwks_url else JwksServer(settings.resolved_jwks_file(), settings.edge_jwks_port)
-            )
-            host, watch = companion_host(settings)
-            if jwks is not None:
-                jwks.start()
-            host.start()
-            watch.start()
-            run_until_signal([host])
-            watch.stop()
-            if jwks is not None:
-                jwks.stop()
-            return
-    except SettingsError as exc:
-        print(str(exc.code), file=sys.stderr)
-        raise SystemExit(2) from None
-    print("usage: python -m gateway [serve | companion | render DIR]", file=sys.stderr)
-    raise SystemExit(2)
+    command_line(NAME, Settings, _exiting_with_envoy, argv, commands={"render": render, "companion": companion})
+
+
+def render(settings: Settings, arguments: list[str]) -> None:
+    """Writes the bootstrap of an Envoy in a container of its own, and the files it names, into the one directory
+    given (that Envoy mounts it at the same path)."""
+    if len(arguments) != 1:
+        raise SettingsError("gateway: render takes one argument, the directory to write the configuration into")
+    target = Path(arguments[0])
+    target.mkdir(parents=True, exist_ok=True)
+    envoy = envoy_process(
+        settings,
+        binary="",
+        jwks_url=f"http://127.0.0.1:{settings.edge_jwks_port}/jwks.json",
+        run_dir=target,
+        companion_port=settings.edge_companion_port,
+    )
+    print(envoy.write())
+
+
+def companion(settings: Settings, arguments: list[str]) -> None:
+    """The companion alone (health of the edge, reflection, the JWKS file), until SIGTERM or SIGINT."""
+    if arguments or not (settings.edge_companion_port and (settings.edge_jwks_port or settings.auth_jwks_url)):
+        raise SettingsError("gateway: companion takes no argument and needs EDGE_COMPANION_PORT and EDGE_JWKS_PORT")
+    jwks = None if settings.auth_jwks_url else JwksServer(settings.resolved_jwks_file(), settings.edge_jwks_port)
+    host, watch = companion_host(settings)
+    if jwks is not None:
+        jwks.start()
+    host.start()
+    watch.start()
+    run_until_signal([host])
+    watch.stop()
+    if jwks is not None:
+        jwks.stop()
 
 
 def _exiting_with_envoy(settings: Settings) -> ServiceApp:
