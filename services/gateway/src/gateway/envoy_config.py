@@ -310,6 +310,103 @@ def _jwt_filter(plan: EdgePlan) -> dict[str, Any]:
     }
 
 
+# Marks a call that came as REST/JSON (neither gRPC nor gRPC-Web, which the grpc_web filter has turned into gRPC
+# already), before the transcoder makes it gRPC: Envoy's own refusals then answer it in JSON (local_reply_config).
+# A client stream over REST comes as a JSON array of its messages (what the transcoder reads) or, with
+# `content-type: application/x-ndjson`, one message per line, which this turns into that array first.
+REST_MARKER = "x-storeplane-rest"
+REST_REQUESTS = """
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local kind = headers:get("content-type")
+  if kind ~= nil and string.find(kind, "application/grpc", 1, true) == 1 then
+    headers:remove("MARKER")
+    return
+  end
+  headers:replace("MARKER", "1")
+  if headers:get(":method") == "GET" and streams_out(headers:get(":path")) then
+    handle:streamInfo():dynamicMetadata():set("storeplane", "ndjson", "1")
+  end
+  if kind == nil or string.find(kind, "application/x-ndjson", 1, true) ~= 1 then
+    return
+  end
+  local body = handle:body()
+  local lines = {}
+  if body ~= nil and body:length() > 0 then
+    for line in string.gmatch(body:getBytes(0, body:length()), "[^\\r\\n]+") do
+      if string.find(line, "%S") then
+        lines[#lines + 1] = line
+      end
+    end
+    body:setBytes("[" .. table.concat(lines, ",") .. "]")
+  end
+  headers:replace("content-type", "application/json")
+end
+
+function envoy_on_response(handle)
+  local marked = handle:streamInfo():dynamicMetadata():get("storeplane")
+  if marked ~= nil and marked["ndjson"] == "1" then
+    handle:headers():replace("content-type", "application/x-ndjson")
+  end
+end
+"""
+
+
+def _rest_requests(services: Sequence[ServiceDescriptor]) -> dict[str, Any]:
+    # A server stream answers one JSON message per line: its REST paths are told as what they are.
+    patterns = [_lua_pattern(path) for path in server_stream_paths(services)]
+    matcher = "\n".join(
+        [
+            "local STREAMS = {" + ", ".join(json.dumps(p) for p in patterns) + "}",
+            "function streams_out(path)",
+            '  local bare = string.match(path, "^[^?]*")',
+            "  for _, pattern in ipairs(STREAMS) do",
+            "    if string.find(bare, pattern) then",
+            "      return true",
+            "    end",
+            "  end",
+            "  return false",
+            "end",
+        ]
+    )
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": _typed("extensions.filters.http.lua.v3.Lua"),
+            "default_source_code": {"inline_string": matcher + REST_REQUESTS.replace("MARKER", REST_MARKER)},
+        },
+    }
+
+
+def server_stream_paths(services: Sequence[ServiceDescriptor]) -> list[str]:
+    """The GET path templates of every server-streaming RPC's REST bindings."""
+    from google.api import annotations_pb2
+
+    paths: list[str] = []
+    for service in services:
+        for method in service.methods:
+            if not method.server_streaming or method.client_streaming:
+                continue
+            rule = method.GetOptions().Extensions[annotations_pb2.http]
+            paths += [r.get for r in (rule, *rule.additional_bindings) if r.get]
+    return paths
+
+
+def _lua_pattern(template: str) -> str:
+    """A Lua pattern matching the path template (`{x}` one segment, `{x=**}` the rest), anchored at both ends."""
+    out, i = "^", 0
+    while i < len(template):
+        char = template[i]
+        if char == "{":
+            end = template.index("}", i)
+            out += ".+" if template[i:end].endswith("**") else "[^/]+"
+            i = end + 1
+            continue
+        out += "%" + char if char in "^$()%.[]*+-?" else char
+        i += 1
+    return out + "$"
+
+
 def _transcoder(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.grpc_json_transcoder",
@@ -419,13 +516,14 @@ def _cors_policy(plan: EdgePlan) -> dict[str, Any]:
     }
 
 
+REST_REQUEST = {"header_filter": {"header": {"name": REST_MARKER, "present_match": True}}}
+
+
 def _local_reply_config() -> dict[str, Any]:
     """Envoy's own refusals in the platform's form: the reason in ErrorInfo for gRPC (grpc-status-details-bin) and
     a google.rpc.Status JSON body for REST, as a service's refusal reads."""
     mappers: list[dict[str, Any]] = []
-    grpc_request = {
-        "header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}}
-    }
+    grpc_request = {"header_filter": {"header": {"name": REST_MARKER, "present_match": False}}}
     refusals = [(message, *answer) for message, answer in JWT_REFUSALS.items()]
     for message, reason, text in refusals:
         jwt_failed = {
@@ -450,7 +548,7 @@ def _local_reply_config() -> dict[str, Any]:
         }
     }
     mappers += _refusal_mappers(any_jwt_failure, grpc_request, code_pb2.UNAUTHENTICATED, 401, *TOKEN_INVALID)
-    limited = {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 429, "runtime_key": "x"}}}}
+    limited = _status_is(429)
     mappers += _refusal_mappers(
         limited,
         grpc_request,
@@ -460,7 +558,44 @@ def _local_reply_config() -> dict[str, Any]:
         "too many calls: slow down and retry after the delay given",
         retry_seconds=1,
     )
+    for status, (code, reason) in EDGE_HTTP_REFUSALS.items():
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [_status_is(status), REST_REQUEST]}},
+                "body_format_override": {
+                    "json_format": {
+                        "code": code,
+                        "message": "%LOCAL_REPLY_BODY%",
+                        "details": [
+                            {
+                                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                "reason": reason,
+                                "domain": DOMAIN,
+                                "metadata": {"details": "%RESPONSE_CODE_DETAILS%"},
+                            }
+                        ],
+                    },
+                    "content_type": "application/json",
+                },
+            }
+        )
     return {"mappers": mappers}
+
+
+# What Envoy itself answers a REST client (a body the transcoder cannot read, a path no route has, a backend it cannot
+# reach): the HTTP status stays, the body becomes a google.rpc.Status of the matching code, as a service's error reads.
+EDGE_HTTP_REFUSALS: Mapping[int, tuple[int, str]] = {
+    400: (code_pb2.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
+    404: (code_pb2.NOT_FOUND, "NO_SUCH_ROUTE"),
+    413: (code_pb2.INVALID_ARGUMENT, "REQUEST_TOO_LARGE"),
+    503: (code_pb2.UNAVAILABLE, "BACKEND_UNAVAILABLE"),
+    504: (code_pb2.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
+}
+
+
+def _status_is(status: int) -> dict[str, Any]:
+    comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": f"storeplane.edge.status_{status}"}}
+    return {"status_code_filter": {"comparison": comparison}}
 
 
 def _refusal_mappers(
@@ -490,7 +625,7 @@ def _refusal_mappers(
     if http_status == 401:  # jwt_authn answers some refusals (another audience) 403: still UNAUTHENTICATED
         over_grpc["status_code"] = 401
     over_http = {
-        "filter": when,
+        "filter": {"and_filter": {"filters": [when, REST_REQUEST]}},
         "status_code": http_status,
         "body": {"inline_string": _json_status(code, reason, text, retry_seconds=retry_seconds)},
         "body_format_override": {
@@ -594,6 +729,7 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
             "typed_config": {"@type": _typed("extensions.filters.http.grpc_web.v3.GrpcWeb")},
         },
     ]
+    http_filters.append(_rest_requests(services))
     if plan.anonymous_rate_per_second:
         http_filters.append(_anonymous_limit_filter(plan))
     http_filters += [_jwt_filter(plan), _transcoder(services, plan)]
@@ -659,7 +795,8 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
     return {
         "name": "edge",
         "address": {"socket_address": {"address": plan.listen_host, "port_value": plan.listen_port}},
-        "per_connection_buffer_limit_bytes": 1048576,
+        # What one request may hold in Envoy's buffers (a newline-delimited upload is read whole): a message's size.
+        "per_connection_buffer_limit_bytes": plan.max_message_bytes,
         "filter_chains": [chain],
     }
 
