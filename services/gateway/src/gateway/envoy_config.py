@@ -31,6 +31,7 @@ __all__ = [
 
 COMPANION_CLUSTER = "edge_companion"
 JWKS_CLUSTER = "jwks"
+PREFLIGHT_CLUSTER = "preflight"
 PROVIDER = "storeplane"
 # The verified subject, set by jwt_authn from the token (a client-sent copy is removed first): whose budget a call
 # spends, and who the access log names.
@@ -716,6 +717,24 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
             for p in REFLECTION_PREFIXES
         ]
     routes += method_routes(services, plan)
+    # Everything else: a REST path before the transcoder turns it into its RPC's (it then routes again), a browser's
+    # preflight of one (the CORS filter answers it on a route), or no API at all: 404 (gRPC: UNIMPLEMENTED).
+    # The CORS filter answers a preflight only on a route that forwards (never on a direct response), so a REST
+    # path's OPTIONS gets one: the filter answers it; an OPTIONS that is no preflight finds no backend (503).
+    routes.append(
+        {
+            "name": "preflight",
+            "match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}]},
+            "route": {"cluster": PREFLIGHT_CLUSTER, "timeout": "1s"},
+        }
+    )
+    routes.append(
+        {
+            "name": "unrouted",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404, "body": {"inline_string": "no such API"}},
+        }
+    )
     virtual_host: dict[str, Any] = {"name": "storeplane", "domains": ["*"], "routes": routes}
     if plan.cors_origins:
         virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(plan)}
@@ -841,6 +860,14 @@ def envoy_config(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[
     """The whole bootstrap for `plan`: what `envoy -c` runs."""
     clusters = [_backend_cluster(s.full_name, plan.backends[s.full_name], plan) for s in services]
     clusters += [_companion_cluster(plan), _jwks_cluster(plan.jwks_url)]
+    clusters.append(
+        {
+            "name": PREFLIGHT_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": PREFLIGHT_CLUSTER, "endpoints": []},
+        }
+    )
     if plan.otlp_endpoint:
         clusters.append(_otlp_cluster(plan))
     listeners = [_listener(services, plan)]
