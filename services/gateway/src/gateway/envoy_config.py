@@ -2,22 +2,36 @@
 per RPC to its service's cluster (deadline, retries only where a retry is harmless, no timeout on streams), bearer
 tokens checked by jwt_authn, REST/JSON by the transcoder from the `google.api.http` bindings, gRPC-Web, CORS, one
 rate budget per token subject and one per client address for calls without a token, JSON access logs, Prometheus
-stats and, when OTEL_EXPORTER_OTLP_ENDPOINT is set, a span per call. Never edited by hand: `python -m gateway.edge
-config` prints what a process would run."""
+stats and, when OTEL_EXPORTER_OTLP_ENDPOINT is set, a span per call. Never edited by hand: `python -m gateway
+render DIR` writes what a process would run. The filters are in envoy_filters.py, Envoy's own answers and the access
+line in envoy_replies.py, the plan it is all made from in envoy_plan.py."""
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from google.protobuf import any_pb2, descriptor_pb2, duration_pb2
+from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from gateway.envoy_filters import (
+    HEALTH_PREFIX,
+    JWKS_CLUSTER,
+    OPENAPI_PATH,
+    REFLECTION_PREFIXES,
+    SUBJECT_HEADER,
+    anonymous_limit_filter,
+    cors_policy,
+    jwt_filter,
+    rest_requests_filter,
+    subject_limit_filter,
+    transcoder_filter,
+)
+from gateway.envoy_plan import EdgePlan, duration, typed
+from gateway.envoy_replies import JWT_REFUSALS, access_log_config, local_reply_config
 
 __all__ = [
     "COMPANION_CLUSTER",
@@ -27,112 +41,19 @@ __all__ = [
     "envoy_config",
     "method_routes",
     "safe_to_retry",
+    "tls_secrets",
 ]
 
+
 COMPANION_CLUSTER = "edge_companion"
-JWKS_CLUSTER = "jwks"
+
+
 PREFLIGHT_CLUSTER = "preflight"
-PROVIDER = "storeplane"
-# The verified subject, set by jwt_authn from the token (a client-sent copy is removed first): whose budget a call
-# spends, and who the access log names.
-SUBJECT_HEADER = "x-storeplane-subject"
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
-REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
-OPENAPI_PATH = "/openapi.json"
-JWT_FILTER = "envoy.filters.http.jwt_authn"
-JWT_FAILURE_KEY = "jwt_failure"
-DOMAIN = "gateway.storeplane"
-
-# jwt_authn's own refusal messages (what it writes as the failure's message) and the reason the kit's services give
-# for the same refusal, so a caller reads one reason whether Envoy or a service said no.
-JWT_REFUSALS: Mapping[str, tuple[str, str]] = {
-    "Jwt is missing": ("TOKEN_MISSING", "a bearer token is required (authorization: Bearer <jwt>)"),
-    "Jwt is expired": ("TOKEN_EXPIRED", "the token has expired"),
-    "Jwt not yet valid": ("TOKEN_NOT_YET_VALID", "the token is not valid yet"),
-    "Jwks doesn't have key to match kid or alg from Jwt": ("UNKNOWN_KEY", "no signing key of the token is known"),
-    "Jwt verification fails": ("TOKEN_INVALID", "the token's signature does not verify"),
-    "Jwt issuer is not configured": ("TOKEN_INVALID", "the token is from another issuer"),
-    "Audiences in Jwt are not allowed": ("TOKEN_INVALID", "the token is for another audience"),
-}
-TOKEN_INVALID = ("TOKEN_INVALID", "the token is not valid")
-CORS_HEADERS = "authorization,content-type,idempotency-key,x-grpc-web,x-user-agent,grpc-timeout,traceparent,tracestate"
-CORS_EXPOSED = "grpc-status,grpc-message,grpc-status-details-bin,retry-after,x-ratelimit-limit,x-ratelimit-remaining"
-
-
-@dataclass(frozen=True)
-class EdgePlan:
-    """Everything the configuration depends on besides the contracts: addresses, keys, limits, files."""
-
-    listen_host: str
-    listen_port: int
-    backends: Mapping[str, str]  # full service name -> host:port
-    companion: str  # host:port of the edge companion (health of the whole, reflection, the JWKS file over HTTP)
-    descriptor_set: Path
-    openapi_file: Path | None
-    issuer: str
-    audience: str
-    jwks_url: str  # where Envoy fetches the keys (the companion's /jwks.json serves AUTH_JWKS_FILE)
-    jwks_refresh_seconds: float
-    leeway_seconds: float
-    default_deadline_seconds: float
-    max_message_bytes: int
-    rate_per_second: int  # per token subject; 0: no limit
-    rate_burst: int
-    anonymous_rate_per_second: int  # per client address, calls without a token; 0: no limit
-    anonymous_burst: int
-    rate_limit_subjects: int  # token buckets kept (LRU); more active subjects than this start full again
-    reflection: str  # open, token, off
-    cors_origins: Sequence[str] = ()
-    tls_secret_file: Path | None = None  # SDS file naming the certificate and key (watched)
-    tls_client_ca_secret_file: Path | None = None  # SDS file naming the client CA (Envoy takes one secret a file)
-    tls_watch_dir: Path | None = None
-    client_certificates: bool = False
-    metrics_port: int = 0
-    admin_port: int = 0
-    otlp_endpoint: str = ""
-    service_name: str = "gateway"
-    retry_attempts: int = 2
-    span_flush_ms: int = 5000
-    access_log: bool = True  # a JSON line per call (LOG_LEVEL INFO or DEBUG, as the services' RPC lines)
-    otlp_grpc: bool = False  # OTLP over gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc) instead of OTLP/HTTP protobuf
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _typed(name: str) -> str:
-    """The type URL of Envoy's config message `envoy.<name>`."""
-    return f"type.googleapis.com/envoy.{name}"
 
 
 def safe_to_retry(method: MethodDescriptor) -> bool:
     """A unary call whose repetition changes nothing: a read (no request_id), or a write under its idempotency key."""
     return not (method.client_streaming or method.server_streaming)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-def _status_header(code: int, reason: str, message: str, *, retry_seconds: int = 0) -> str:
-    """grpc-status-details-bin of a refusal Envoy makes itself: a google.rpc.Status with ErrorInfo (and RetryInfo)."""
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
-    details = [info]
-    if retry_seconds:
-        retry = any_pb2.Any()
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_seconds)))
-        details.append(retry)
-    status = status_pb2.Status(code=code, message=message, details=details)
-    return base64.b64encode(status.SerializeToString()).decode().rstrip("=")
-
-
-def _json_status(code: int, reason: str, message: str, *, retry_seconds: int = 0) -> str:
-    """The same refusal as the body a REST client reads (google.rpc.Status in proto3 JSON)."""
-    details: list[dict[str, Any]] = [
-        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": DOMAIN, "metadata": {}}
-    ]
-    if retry_seconds:
-        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_seconds}s"})
-    return json.dumps({"code": code, "message": message, "details": details}, separators=(",", ":"))
 
 
 def method_routes(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> list[dict[str, Any]]:
@@ -149,7 +70,7 @@ def method_routes(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> list
                 "max_stream_duration": {"grpc_timeout_header_max": "0s"},
             }
             if not streaming:
-                action["max_stream_duration"]["max_stream_duration"] = _seconds(plan.default_deadline_seconds)
+                action["max_stream_duration"]["max_stream_duration"] = duration(plan.default_deadline_seconds)
                 action["retry_policy"] = _retry_policy(plan, safe_to_retry(method))
             else:
                 action["idle_timeout"] = "0s"  # a quiet WatchStock is not idle: the stream stays open
@@ -192,7 +113,7 @@ def _address(address: str) -> dict[str, Any]:
 def _h2_options(plan: EdgePlan) -> dict[str, Any]:
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": _typed("extensions.upstreams.http.v3.HttpProtocolOptions"),
+            "@type": typed("extensions.upstreams.http.v3.HttpProtocolOptions"),
             "explicit_http_config": {
                 "http2_protocol_options": {
                     "max_concurrent_streams": 1000,
@@ -269,7 +190,7 @@ def _jwks_cluster(url: str) -> dict[str, Any]:
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
-                "@type": _typed("extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+                "@type": typed("extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
                 "sni": host,
                 "common_tls_context": {
                     "validation_context": {"trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}
@@ -279,405 +200,8 @@ def _jwks_cluster(url: str) -> dict[str, Any]:
     return cluster
 
 
-def _jwt_filter(plan: EdgePlan) -> dict[str, Any]:
-    open_matches: list[dict[str, Any]] = [{"match": {"prefix": HEALTH_PREFIX}}, {"match": {"path": OPENAPI_PATH}}]
-    if plan.reflection == "open":
-        open_matches += [{"match": {"prefix": p}} for p in REFLECTION_PREFIXES]
-    return {
-        "name": JWT_FILTER,
-        "typed_config": {
-            "@type": _typed("extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
-            "providers": {
-                PROVIDER: {
-                    "issuer": plan.issuer,
-                    "audiences": [plan.audience],
-                    "forward": True,  # the services verify it again (a call that bypasses the edge is checked too)
-                    "require_expiration": True,
-                    "clock_skew_seconds": int(plan.leeway_seconds),
-                    "remote_jwks": {
-                        "http_uri": {"uri": plan.jwks_url, "cluster": JWKS_CLUSTER, "timeout": "2s"},
-                        "cache_duration": _seconds(plan.jwks_refresh_seconds),
-                        "async_fetch": {"fast_listener": False, "failed_refetch_duration": "1s"},
-                        "retry_policy": {"num_retries": 3},
-                    },
-                    "claim_to_headers": [{"header_name": SUBJECT_HEADER, "claim_name": "sub"}],
-                    "jwt_cache_config": {"jwt_cache_size": 4096},
-                    "failed_status_in_metadata": JWT_FAILURE_KEY,
-                }
-            },
-            "rules": [*open_matches, {"match": {"prefix": "/"}, "requires": {"provider_name": PROVIDER}}],
-            "bypass_cors_preflight": True,
-        },
-    }
-
-
-# Marks a call that came as REST/JSON (neither gRPC nor gRPC-Web, which the grpc_web filter has turned into gRPC
-# already), before the transcoder makes it gRPC: Envoy's own refusals then answer it in JSON (local_reply_config).
-# A client stream over REST comes as a JSON array of its messages (what the transcoder reads) or, with
-# `content-type: application/x-ndjson`, one message per line, which this turns into that array first.
-REST_MARKER = "x-storeplane-rest"
-REST_REQUESTS = """
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local kind = headers:get("content-type")
-  if kind ~= nil and string.find(kind, "application/grpc", 1, true) == 1 then
-    headers:remove("MARKER")
-    return
-  end
-  headers:replace("MARKER", "1")
-  if headers:get(":method") == "GET" and streams_out(headers:get(":path")) then
-    handle:streamInfo():dynamicMetadata():set("storeplane", "ndjson", "1")
-  end
-  if kind == nil or string.find(kind, "application/x-ndjson", 1, true) ~= 1 then
-    return
-  end
-  local body = handle:body()
-  local lines = {}
-  if body ~= nil and body:length() > 0 then
-    for line in string.gmatch(body:getBytes(0, body:length()), "[^\\r\\n]+") do
-      if string.find(line, "%S") then
-        lines[#lines + 1] = line
-      end
-    end
-    body:setBytes("[" .. table.concat(lines, ",") .. "]")
-  end
-  headers:replace("content-type", "application/json")
-end
-
-function envoy_on_response(handle)
-  local marked = handle:streamInfo():dynamicMetadata():get("storeplane")
-  if marked ~= nil and marked["ndjson"] == "1" then
-    handle:headers():replace("content-type", "application/x-ndjson")
-  end
-end
-"""
-
-
-def _rest_requests(services: Sequence[ServiceDescriptor]) -> dict[str, Any]:
-    # A server stream answers one JSON message per line: its REST paths are told as what they are.
-    patterns = [_lua_pattern(path) for path in server_stream_paths(services)]
-    matcher = "\n".join(
-        [
-            "local STREAMS = {" + ", ".join(json.dumps(p) for p in patterns) + "}",
-            "function streams_out(path)",
-            '  local bare = string.match(path, "^[^?]*")',
-            "  for _, pattern in ipairs(STREAMS) do",
-            "    if string.find(bare, pattern) then",
-            "      return true",
-            "    end",
-            "  end",
-            "  return false",
-            "end",
-        ]
-    )
-    return {
-        "name": "envoy.filters.http.lua",
-        "typed_config": {
-            "@type": _typed("extensions.filters.http.lua.v3.Lua"),
-            "default_source_code": {"inline_string": matcher + REST_REQUESTS.replace("MARKER", REST_MARKER)},
-        },
-    }
-
-
-def server_stream_paths(services: Sequence[ServiceDescriptor]) -> list[str]:
-    """The GET path templates of every server-streaming RPC's REST bindings."""
-    from google.api import annotations_pb2
-
-    paths: list[str] = []
-    for service in services:
-        for method in service.methods:
-            if not method.server_streaming or method.client_streaming:
-                continue
-            rule = method.GetOptions().Extensions[annotations_pb2.http]
-            paths += [r.get for r in (rule, *rule.additional_bindings) if r.get]
-    return paths
-
-
-def _lua_pattern(template: str) -> str:
-    """A Lua pattern matching the path template (`{x}` one segment, `{x=**}` the rest), anchored at both ends."""
-    out, i = "^", 0
-    while i < len(template):
-        char = template[i]
-        if char == "{":
-            end = template.index("}", i)
-            out += ".+" if template[i:end].endswith("**") else "[^/]+"
-            i = end + 1
-            continue
-        out += "%" + char if char in "^$()%.[]*+-?" else char
-        i += 1
-    return out + "$"
-
-
-def _transcoder(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.grpc_json_transcoder",
-        "typed_config": {
-            "@type": _typed("extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"),
-            "proto_descriptor": str(plan.descriptor_set),
-            "services": [s.full_name for s in services],
-            "convert_grpc_status": True,
-            "print_options": {
-                "add_whitespace": False,
-                "always_print_primitive_fields": True,
-                "always_print_enums_as_ints": False,
-                "preserve_proto_field_names": False,
-                "stream_newline_delimited": True,
-            },
-            "request_validation_options": {
-                "reject_unknown_query_parameters": True,
-                "reject_binding_body_field_collisions": True,
-            },
-            "max_request_body_size": plan.max_message_bytes,
-            "max_response_body_size": plan.max_message_bytes,
-        },
-    }
-
-
-def _rate_limit_filter(plan: EdgePlan) -> dict[str, Any]:
-    descriptors: list[dict[str, Any]] = []
-    if plan.rate_per_second:
-        descriptors.append(
-            {
-                # No value: one bucket per distinct subject (dynamic descriptors, kept in an LRU).
-                "entries": [{"key": "subject"}],
-                "token_bucket": _bucket(plan.rate_per_second, plan.rate_burst),
-            }
-        )
-    return {
-        "name": "envoy.filters.http.local_ratelimit",
-        "typed_config": {
-            "@type": _typed("extensions.filters.http.local_ratelimit.v3.LocalRateLimit"),
-            "stat_prefix": "subject_rate_limit",
-            # The whole listener's bucket: never the one that limits (descriptors do), but Envoy wants one.
-            "token_bucket": _bucket(1_000_000, 1_000_000),
-            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "descriptors": descriptors,
-            "max_dynamic_descriptors": plan.rate_limit_subjects,
-            "rate_limited_as_resource_exhausted": True,
-            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
-            "response_headers_to_add": [{"header": {"key": "retry-after", "value": "1"}}],
-            "rate_limits": [
-                {"actions": [{"request_headers": {"header_name": SUBJECT_HEADER, "descriptor_key": "subject"}}]}
-            ],
-        },
-    }
-
-
-def _anonymous_limit_filter(plan: EdgePlan) -> dict[str, Any]:
-    """Before the token check: calls that carry no token at all spend their client address's budget."""
-    return {
-        "name": "envoy.filters.http.local_ratelimit.anonymous",
-        "typed_config": {
-            "@type": _typed("extensions.filters.http.local_ratelimit.v3.LocalRateLimit"),
-            "stat_prefix": "anonymous_rate_limit",
-            "token_bucket": _bucket(1_000_000, 1_000_000),
-            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-            "descriptors": [
-                {
-                    "entries": [{"key": "anonymous", "value": "yes"}, {"key": "remote_address"}],
-                    "token_bucket": _bucket(plan.anonymous_rate_per_second, plan.anonymous_burst),
-                }
-            ],
-            "max_dynamic_descriptors": plan.rate_limit_subjects,
-            "rate_limited_as_resource_exhausted": True,
-            "response_headers_to_add": [{"header": {"key": "retry-after", "value": "1"}}],
-            "rate_limits": [
-                {
-                    "actions": [
-                        {
-                            "header_value_match": {
-                                "descriptor_key": "anonymous",
-                                "descriptor_value": "yes",
-                                "expect_match": False,
-                                "headers": [{"name": "authorization", "present_match": True}],
-                            }
-                        },
-                        {"remote_address": {}},
-                    ]
-                }
-            ],
-        },
-    }
-
-
-def _bucket(rate: int, burst: int) -> dict[str, Any]:
-    return {"max_tokens": max(burst, rate), "tokens_per_fill": rate, "fill_interval": "1s"}
-
-
-def _cors_policy(plan: EdgePlan) -> dict[str, Any]:
-    return {
-        "@type": _typed("extensions.filters.http.cors.v3.CorsPolicy"),
-        "allow_origin_string_match": [{"exact": origin} for origin in plan.cors_origins],
-        "allow_methods": "GET,POST,PUT,PATCH,DELETE,OPTIONS",
-        "allow_headers": CORS_HEADERS,
-        "expose_headers": CORS_EXPOSED,
-        "max_age": "600",
-    }
-
-
-REST_REQUEST = {"header_filter": {"header": {"name": REST_MARKER, "present_match": True}}}
-
-
-def _local_reply_config() -> dict[str, Any]:
-    """Envoy's own refusals in the platform's form: the reason in ErrorInfo for gRPC (grpc-status-details-bin) and
-    a google.rpc.Status JSON body for REST, as a service's refusal reads."""
-    mappers: list[dict[str, Any]] = []
-    grpc_request = {"header_filter": {"header": {"name": REST_MARKER, "present_match": False}}}
-    refusals = [(message, *answer) for message, answer in JWT_REFUSALS.items()]
-    for message, reason, text in refusals:
-        jwt_failed = {
-            "metadata_filter": {
-                "matcher": {
-                    "filter": JWT_FILTER,
-                    "path": [{"key": JWT_FAILURE_KEY}, {"key": "message"}],
-                    "value": {"string_match": {"exact": message}},
-                },
-                "match_if_key_not_found": False,
-            }
-        }
-        mappers += _refusal_mappers(jwt_failed, grpc_request, code_pb2.UNAUTHENTICATED, 401, reason, text)
-    any_jwt_failure = {
-        "metadata_filter": {
-            "matcher": {
-                "filter": JWT_FILTER,
-                "path": [{"key": JWT_FAILURE_KEY}, {"key": "message"}],
-                "value": {"present_match": True},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
-    mappers += _refusal_mappers(any_jwt_failure, grpc_request, code_pb2.UNAUTHENTICATED, 401, *TOKEN_INVALID)
-    limited = _status_is(429)
-    mappers += _refusal_mappers(
-        limited,
-        grpc_request,
-        code_pb2.RESOURCE_EXHAUSTED,
-        429,
-        "RATE_LIMITED",
-        "too many calls: slow down and retry after the delay given",
-        retry_seconds=1,
-    )
-    for status, (code, reason) in EDGE_HTTP_REFUSALS.items():
-        mappers.append(
-            {
-                "filter": {"and_filter": {"filters": [_status_is(status), REST_REQUEST]}},
-                "body_format_override": {
-                    "json_format": {
-                        "code": code,
-                        "message": "%LOCAL_REPLY_BODY%",
-                        "details": [
-                            {
-                                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                                "reason": reason,
-                                "domain": DOMAIN,
-                                "metadata": {"details": "%RESPONSE_CODE_DETAILS%"},
-                            }
-                        ],
-                    },
-                    "content_type": "application/json",
-                },
-            }
-        )
-    return {"mappers": mappers}
-
-
-# What Envoy itself answers a REST client (a body the transcoder cannot read, a path no route has, a backend it cannot
-# reach): the HTTP status stays, the body becomes a google.rpc.Status of the matching code, as a service's error reads.
-EDGE_HTTP_REFUSALS: Mapping[int, tuple[int, str]] = {
-    400: (code_pb2.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
-    404: (code_pb2.NOT_FOUND, "NO_SUCH_ROUTE"),
-    413: (code_pb2.INVALID_ARGUMENT, "REQUEST_TOO_LARGE"),
-    503: (code_pb2.UNAVAILABLE, "BACKEND_UNAVAILABLE"),
-    504: (code_pb2.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
-}
-
-
-def _status_is(status: int) -> dict[str, Any]:
-    comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": f"storeplane.edge.status_{status}"}}
-    return {"status_code_filter": {"comparison": comparison}}
-
-
-def _refusal_mappers(
-    when: dict[str, Any],
-    grpc_request: dict[str, Any],
-    code: int,
-    http_status: int,
-    reason: str,
-    text: str,
-    *,
-    retry_seconds: int = 0,
-) -> list[dict[str, Any]]:
-    over_grpc: dict[str, Any] = {
-        "filter": {"and_filter": {"filters": [when, grpc_request]}},
-        "headers_to_add": [
-            {
-                "header": {
-                    "key": "grpc-status-details-bin",
-                    "value": _status_header(code, reason, text, retry_seconds=retry_seconds),
-                },
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            },
-        ],
-        # For a gRPC caller Envoy sends the body as grpc-message: the same text as the Status in the details.
-        "body": {"inline_string": text},
-    }
-    if http_status == 401:  # jwt_authn answers some refusals (another audience) 403: still UNAUTHENTICATED
-        over_grpc["status_code"] = 401
-    over_http = {
-        "filter": {"and_filter": {"filters": [when, REST_REQUEST]}},
-        "status_code": http_status,
-        "body": {"inline_string": _json_status(code, reason, text, retry_seconds=retry_seconds)},
-        "body_format_override": {
-            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-            "content_type": "application/json",
-        },
-    }
-    return [over_grpc, over_http]
-
-
-# One JSON line per call, in the shape of the services' own RPC lines (logger storeplane.rpc, message rpc, trace and
-# span ids), plus what only the edge knows. Never a token nor a body: headers are named one by one.
-ACCESS_LOG_FORMAT = {
-    "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
-    "level": "INFO",
-    "logger": "storeplane.rpc",
-    "message": "rpc",
-    "service": "gateway",
-    "grpc_method": "%REQ(:PATH)%",
-    "grpc_code": "%GRPC_STATUS%",
-    "ms": "%DURATION%",
-    "http_method": "%REQ(:METHOD)%",
-    "http_path": "%REQ(X-ENVOY-ORIGINAL-PATH)%",
-    "http_status": "%RESPONSE_CODE%",
-    "protocol": "%PROTOCOL%",
-    "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
-    "bytes_in": "%BYTES_RECEIVED%",
-    "bytes_out": "%BYTES_SENT%",
-    "subject": "%REQ(X-STOREPLANE-SUBJECT)%",
-    "trace_id": "%TRACE_ID%",
-    "span_id": "%SPAN_ID%",
-    "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
-    "flags": "%RESPONSE_FLAGS%",
-    "details": "%RESPONSE_CODE_DETAILS%",
-}
-
-
-def _access_log() -> list[dict[str, Any]]:
-    return [
-        {
-            "name": "envoy.access_loggers.stderr",
-            "typed_config": {
-                "@type": _typed("extensions.access_loggers.stream.v3.StderrAccessLog"),
-                "log_format": {"json_format": ACCESS_LOG_FORMAT, "json_format_options": {"sort_properties": False}},
-            },
-        }
-    ]
-
-
 def _tracing(plan: EdgePlan) -> dict[str, Any]:
-    config: dict[str, Any] = {"@type": _typed("config.trace.v3.OpenTelemetryConfig"), "service_name": plan.service_name}
+    config: dict[str, Any] = {"@type": typed("config.trace.v3.OpenTelemetryConfig"), "service_name": plan.service_name}
     if plan.otlp_grpc:
         config["grpc_service"] = {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "2s"}
     else:
@@ -737,31 +261,31 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
     )
     virtual_host: dict[str, Any] = {"name": "storeplane", "domains": ["*"], "routes": routes}
     if plan.cors_origins:
-        virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": _cors_policy(plan)}
+        virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": cors_policy(plan)}
     http_filters: list[dict[str, Any]] = [
         {
             "name": "envoy.filters.http.cors",
-            "typed_config": {"@type": _typed("extensions.filters.http.cors.v3.Cors")},
+            "typed_config": {"@type": typed("extensions.filters.http.cors.v3.Cors")},
         },
         {
             "name": "envoy.filters.http.grpc_web",
-            "typed_config": {"@type": _typed("extensions.filters.http.grpc_web.v3.GrpcWeb")},
+            "typed_config": {"@type": typed("extensions.filters.http.grpc_web.v3.GrpcWeb")},
         },
     ]
-    http_filters.append(_rest_requests(services))
+    http_filters.append(rest_requests_filter(services))
     if plan.anonymous_rate_per_second:
-        http_filters.append(_anonymous_limit_filter(plan))
-    http_filters += [_jwt_filter(plan), _transcoder(services, plan)]
+        http_filters.append(anonymous_limit_filter(plan))
+    http_filters += [jwt_filter(plan), transcoder_filter(services, plan)]
     if plan.rate_per_second:
-        http_filters.append(_rate_limit_filter(plan))
+        http_filters.append(subject_limit_filter(plan))
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {"@type": _typed("extensions.filters.http.router.v3.Router")},
+            "typed_config": {"@type": typed("extensions.filters.http.router.v3.Router")},
         }
     )
     manager: dict[str, Any] = {
-        "@type": _typed("extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "@type": typed("extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
         "stat_prefix": "edge",
         "codec_type": "AUTO",
         "use_remote_address": True,
@@ -783,8 +307,8 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
             "max_direct_response_body_size_bytes": 8 * 1024 * 1024,
         },
         "http_filters": http_filters,
-        "access_log": _access_log() if plan.access_log else [],
-        "local_reply_config": _local_reply_config(),
+        "access_log": access_log_config() if plan.access_log else [],
+        "local_reply_config": local_reply_config(),
     }
     if plan.otlp_endpoint:
         manager["tracing"] = _tracing(plan)
@@ -806,7 +330,7 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
         chain["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
-                "@type": _typed("extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
+                "@type": typed("extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
                 "common_tls_context": common,
                 "require_client_certificate": plan.client_certificates,
             },
@@ -823,7 +347,7 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
 def _metrics_listener(plan: EdgePlan) -> dict[str, Any]:
     """Prometheus scrapes /metrics here: the admin's /stats/prometheus, and nothing else of the admin."""
     manager = {
-        "@type": _typed("extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
+        "@type": typed("extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
         "stat_prefix": "metrics",
         "codec_type": "AUTO",
         "route_config": {
@@ -843,7 +367,7 @@ def _metrics_listener(plan: EdgePlan) -> dict[str, Any]:
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _typed("extensions.filters.http.router.v3.Router")},
+                "typed_config": {"@type": typed("extensions.filters.http.router.v3.Router")},
             }
         ],
     }
@@ -895,7 +419,7 @@ def envoy_config(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[
                 {
                     "name": "envoy.resource_monitors.global_downstream_max_connections",
                     "typed_config": {
-                        "@type": _typed(
+                        "@type": typed(
                             "extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
                         ),
                         "max_active_downstream_connections": 50000,
@@ -920,7 +444,7 @@ def tls_secrets(cert_file: str, key_file: str, client_ca_file: str) -> dict[str,
     """The SDS file of the edge's certificate (and client CA): Envoy watches it and the files it names."""
     resources: list[dict[str, Any]] = [
         {
-            "@type": _typed("extensions.transport_sockets.tls.v3.Secret"),
+            "@type": typed("extensions.transport_sockets.tls.v3.Secret"),
             "name": "edge_certificate",
             "tls_certificate": {"certificate_chain": {"filename": cert_file}, "private_key": {"filename": key_file}},
         }
@@ -928,7 +452,7 @@ def tls_secrets(cert_file: str, key_file: str, client_ca_file: str) -> dict[str,
     if client_ca_file:
         resources.append(
             {
-                "@type": _typed("extensions.transport_sockets.tls.v3.Secret"),
+                "@type": typed("extensions.transport_sockets.tls.v3.Secret"),
                 "name": "edge_client_ca",
                 "validation_context": {"trusted_ca": {"filename": client_ca_file}},
             }
