@@ -139,8 +139,43 @@ def rest_requests_filter(services: Sequence[ServiceDescriptor]) -> dict[str, Any
     return {
         "name": "envoy.filters.http.lua",
         "typed_config": {
-            "@type": typed("extensions.filters.http.lua.v3.Lua"),
-            "default_source_code": {"inline_string": matcher + REST_REQUESTS.replace("MARKER", REST_MARKER)},
+            # Skipped for gRPC and gRPC-Web calls (the tills'): Lua costs each call it runs for.
+            "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+            "extension_config": {
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": typed("extensions.filters.http.lua.v3.Lua"),
+                    "default_source_code": {"inline_string": matcher + REST_REQUESTS.replace("MARKER", REST_MARKER)},
+                },
+            },
+            "xds_matcher": {
+                "matcher_list": {
+                    "matchers": [
+                        {
+                            "predicate": {
+                                "single_predicate": {
+                                    "input": {
+                                        "name": "content-type",
+                                        "typed_config": {
+                                            "@type": typed("type.matcher.v3.HttpRequestHeaderMatchInput"),
+                                            "header_name": "content-type",
+                                        },
+                                    },
+                                    "value_match": {"prefix": "application/grpc"},
+                                }
+                            },
+                            "on_match": {
+                                "action": {
+                                    "name": "skip",
+                                    "typed_config": {
+                                        "@type": typed("extensions.filters.common.matcher.action.v3.SkipFilter")
+                                    },
+                                }
+                            },
+                        }
+                    ]
+                }
+            },
         },
     }
 
