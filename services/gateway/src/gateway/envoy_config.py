@@ -233,6 +233,13 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
                 "match": {"path": OPENAPI_PATH, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
                 "direct_response": {"status": 200, "body": {"filename": str(plan.openapi_file)}},
                 "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+                # The document is no RPC: the transcoder, which refuses paths no binding has, leaves it alone.
+                "typed_per_filter_config": {
+                    "envoy.filters.http.grpc_json_transcoder": {
+                        "@type": typed("config.route.v3.FilterConfig"),
+                        "disabled": True,
+                    }
+                },
             }
         )
     if plan.reflection != "off":
@@ -243,22 +250,21 @@ def _listener(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> dict[str
     routes += method_routes(services, plan)
     # Everything else: a REST path before the transcoder turns it into its RPC's (it then routes again), a browser's
     # preflight of one (the CORS filter answers it on a route), or no API at all: 404 (gRPC: UNIMPLEMENTED).
-    # The CORS filter answers a preflight only on a route that forwards (never on a direct response), so a REST
-    # path's OPTIONS gets one: the filter answers it; an OPTIONS that is no preflight finds no backend (503).
+    # A gRPC or gRPC-Web call of no RPC: 404, which gRPC reads as UNIMPLEMENTED.
     routes.append(
         {
-            "name": "preflight",
-            "match": {"prefix": "/", "headers": [{"name": ":method", "string_match": {"exact": "OPTIONS"}}]},
-            "route": {"cluster": PREFLIGHT_CLUSTER, "timeout": "1s"},
+            "name": "no_such_rpc",
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}],
+            },
+            "direct_response": {"status": 404, "body": {"inline_string": "no such RPC"}},
         }
     )
-    routes.append(
-        {
-            "name": "unrouted",
-            "match": {"prefix": "/"},
-            "direct_response": {"status": 404, "body": {"inline_string": "no such API"}},
-        }
-    )
+    # Any other path is a REST one before the transcoder turns it into its RPC's (the route is then chosen again; a
+    # path no binding has, the transcoder refuses with 404). It must match a forwarding route, because the CORS filter
+    # acts only on one (never on a direct response): this one answers a browser's preflight and decorates the answer.
+    routes.append({"name": "rest", "match": {"prefix": "/"}, "route": {"cluster": PREFLIGHT_CLUSTER, "timeout": "1s"}})
     virtual_host: dict[str, Any] = {"name": "storeplane", "domains": ["*"], "routes": routes}
     if plan.cors_origins:
         virtual_host["typed_per_filter_config"] = {"envoy.filters.http.cors": cors_policy(plan)}

@@ -225,6 +225,7 @@ def transcoder_filter(services: Sequence[ServiceDescriptor], plan: EdgePlan) -> 
                 "stream_newline_delimited": True,
             },
             "request_validation_options": {
+                "reject_unknown_method": True,
                 "reject_unknown_query_parameters": True,
                 "reject_binding_body_field_collisions": True,
             },
