@@ -175,11 +175,33 @@ def all_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+# The gateway pod: Envoy of the official image serves the gateway's ports; the companion beside it is our process
+# (the settings, the issuer's keys), and the init container renders Envoy's configuration from the same settings.
+ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
+EDGE_INIT = "render-envoy-config"
+EDGE_CONTAINERS = ("envoy", "companion")
+
+
 def main_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The container of our process: the one named after the Deployment (the gateway's: the companion)."""
     name = deployment["metadata"]["name"]
-    found = [c for c in pod_spec(deployment)["containers"] if c["name"] == name]
-    assert len(found) == 1, f"{name}: expected one container named {name}"
+    wanted = "companion" if name == "gateway" else name
+    found = [c for c in pod_spec(deployment)["containers"] if c["name"] == wanted]
+    assert len(found) == 1, f"{name}: expected one container named {wanted}"
     return found[0]
+
+
+def serving_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The container that serves the process's gRPC and metrics ports (the gateway's: Envoy)."""
+    if deployment["metadata"]["name"] != "gateway":
+        return main_container(deployment)
+    (envoy,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == "envoy"]
+    return envoy
+
+
+def our_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container (init ones too) that runs one of our images, not a third party's (Envoy)."""
+    return [c for c in all_containers(workload) if image_repository(c["image"]).startswith("storeplane-")]
 
 
 def image_repository(image: str) -> str:

@@ -19,7 +19,16 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_helpers import OVERLAYS, PROCESSES, ROOT, Manifests, main_container, pod_spec, require_module
+from deploy_helpers import (
+    OVERLAYS,
+    PROCESSES,
+    ROOT,
+    Manifests,
+    main_container,
+    pod_spec,
+    require_module,
+    serving_container,
+)
 
 COMPONENT = ROOT / "k8s" / "components" / "monitoring"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
@@ -237,7 +246,7 @@ def test_the_pod_monitor_scrapes_every_process_on_its_metrics_port(
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         if expression["operator"] == "In" and labels.get(expression["key"]) in expression["values"]:
             selected.append(deployment["metadata"]["name"])
-            ports = {p["name"] for p in main_container(deployment)["ports"]}
+            ports = {p["name"] for p in serving_container(deployment)["ports"]}
             assert endpoint["port"] in ports, deployment["metadata"]["name"]
     assert sorted(selected) == sorted(PROCESSES)
     # nothing else (PostgreSQL, RabbitMQ) is selected
@@ -329,6 +338,10 @@ def test_no_unbounded_label_in_any_expression() -> None:
                 "currency",
                 "channel",
                 "operation",
+                # Envoy's (the gateway's): five status classes, the fixed clusters, the two rate limits
+                "envoy_response_code_class",
+                "envoy_cluster_name",
+                "envoy_local_http_ratelimit_prefix",
             }, text
 
 
@@ -400,7 +413,7 @@ def test_dev_prometheus_loads_the_generated_rules_and_finds_every_process(manife
         process = service["spec"]["selector"]["app.kubernetes.io/name"]
         found[process] = sd["port"]
         deployment = dev.get("Deployment", process)
-        assert _ports(main_container(deployment))["metrics"] == sd["port"]
+        assert _ports(serving_container(deployment))["metrics"] == sd["port"]
         assert re.fullmatch(job["relabel_configs"][0]["regex"], name).group(1) == process  # type: ignore[union-attr]
     assert found == conventions
 

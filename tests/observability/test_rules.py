@@ -214,6 +214,21 @@ CASES = [
         {'process_start_time_seconds{process="checkout",pod="checkout-7d9f"}': "100 100 160x10"},
         "6m",
     ),
+    # The gateway is Envoy: no process_start_time_seconds, its uptime (seconds, scraped each minute) drops instead.
+    Case(
+        "envoy restarted three times",
+        "StoreplanePodRestarting",
+        {'envoy_server_uptime{process="gateway",pod="gateway-5c8b"}': "600 660 5 65 5 65 5 65+60x10"},
+        "8m",
+        [{"severity": "page", "process": "gateway", "pod": "gateway-5c8b"}],
+        "3",
+    ),
+    Case(
+        "envoy up all along",
+        "StoreplanePodRestarting",
+        {'envoy_server_uptime{process="gateway",pod="gateway-5c8b"}': "600+60x40"},
+        "30m",
+    ),
 ]
 
 

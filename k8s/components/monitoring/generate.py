@@ -30,6 +30,12 @@ RUNBOOKS = "https://github.com/storeplane/storeplane/blob/main/docs/runbooks.md"
 SERVER_ERRORS = "UNKNOWN|INTERNAL|UNAVAILABLE|DEADLINE_EXCEEDED|DATA_LOSS|UNIMPLEMENTED"
 HANDLED = "storeplane_rpc_handled_total"
 DURATION = "storeplane_rpc_duration_seconds"
+# The gateway is Envoy: its Prometheus stats (no grpc_stats filter, so HTTP status classes, not gRPC codes; a gRPC
+# error is an HTTP 200). The edge's own listener is the connection manager "edge"; the backends are the clusters
+# named after their services (pos_stock_v1_StockService...). Envoy's latencies are in milliseconds.
+EDGE = 'process="gateway",envoy_http_conn_manager_prefix="edge"'
+EDGE_BACKENDS = 'process="gateway",envoy_cluster_name=~"pos_.+"'
+EDGE_UPTIME = 'envoy_server_uptime{process="gateway"}'
 
 
 # --- SLOs -------------------------------------------------------------------------------------------------------
@@ -207,7 +213,8 @@ ALERTS = (
     ),
     Alert(
         "StoreplanePodRestarting",
-        'changes(process_start_time_seconds{process=~".+"}[30m])',
+        # The gateway's process is Envoy, which exports no process_start_time_seconds: its uptime drops at a restart.
+        f'(changes(process_start_time_seconds{{process=~".+"}}[30m]) or resets({EDGE_UPTIME}[30m]))',
         "> 2",
         "0m",
         "page",
@@ -407,6 +414,55 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "p99 latency by method",
                 (("storeplane:rpc_duration_seconds:p99_5m", "{{process}} {{grpc_method}}"),),
                 "s",
+            ),
+        ),
+    ),
+    (
+        "Edge (Envoy)",
+        (
+            Panel(
+                "Edge calls by HTTP status class (per second; gRPC errors are 2xx)",
+                (
+                    (
+                        f"sum by (envoy_response_code_class) (rate(envoy_http_downstream_rq_xx{{{EDGE}}}[5m]))",
+                        "{{envoy_response_code_class}}xx",
+                    ),
+                ),
+                "reqps",
+            ),
+            Panel(
+                "Edge p99 latency (ms)",
+                (
+                    (
+                        "histogram_quantile(0.99, sum by (le) "
+                        f"(rate(envoy_http_downstream_rq_time_bucket{{{EDGE}}}[5m])))",
+                        "p99",
+                    ),
+                ),
+                "ms",
+            ),
+            Panel(
+                "Backend responses by service and HTTP status class (per second)",
+                (
+                    (
+                        "sum by (envoy_cluster_name, envoy_response_code_class) "
+                        f"(rate(envoy_cluster_upstream_rq_xx{{{EDGE_BACKENDS}}}[5m]))",
+                        "{{envoy_cluster_name}} {{envoy_response_code_class}}xx",
+                    ),
+                ),
+                "reqps",
+            ),
+            Panel(
+                "Refused at the edge: rate limited, token refused (per second)",
+                (
+                    (
+                        "sum by (envoy_local_http_ratelimit_prefix) "
+                        '(rate(envoy_http_local_rate_limit_rate_limited{process="gateway"}[5m]))',
+                        "{{envoy_local_http_ratelimit_prefix}}",
+                    ),
+                    (f"sum(rate(envoy_http_jwt_authn_denied{{{EDGE}}}[5m]))", "token refused"),
+                ),
+                "reqps",
             ),
         ),
     ),

@@ -185,7 +185,7 @@ class EnvoyProcess:
                 ca_secret_file.write_text(json.dumps({"resources": client_ca}))
                 changes["tls_client_ca_secret_file"] = ca_secret_file
             changes.update(
-                tls_secret_file=secret_file, tls_watch_dir=Path(cert).resolve().parent, client_certificates=bool(ca)
+                tls_secret_file=secret_file, tls_watch_dir=Path(cert).absolute().parent, client_certificates=bool(ca)
             )
         if not plan.admin_port:
             changes["admin_port"] = _free_loopback_port()
