@@ -4,7 +4,7 @@ tokens of the test authority; plus the forged and restricted tokens the security
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,15 @@ SERVICES = ("checkout", "stock", "customer", "loyalty")
 class Stack:
     apps: dict[str, ServiceApp]
     ports: dict[str, int]
+    stopped: set[str] = field(default_factory=set)
 
     def address(self, process: str) -> str:
         return f"127.0.0.1:{self.ports[process]}"
 
 
-def start_stack(directory: Path, **overrides: Any) -> Stack:
+def start_stack(directory: Path, *, gateway: dict[str, Any] | None = None, **overrides: Any) -> Stack:
+    """The stack in `directory`; `overrides` are settings of every process, `gateway` settings of the edge alone
+    (its rate limits, say)."""
     import importlib
 
     apps: dict[str, ServiceApp] = {}
@@ -35,13 +38,21 @@ def start_stack(directory: Path, **overrides: Any) -> Stack:
         settings = service_settings(module.Settings, name, f"sqlite:///{directory}/{name}.db", **overrides)
         apps[name] = module.create_app(settings)
         ports[name] = apps[name].start()
-    from gateway import main as gateway
+    from gateway import main as gateway_main
 
     addresses = {f"{name}_addr": f"127.0.0.1:{ports[name]}" for name in SERVICES}
-    settings = service_settings(gateway.Settings, "gateway", "", **addresses, **overrides)
-    apps["gateway"] = gateway.create_app(settings)
+    settings = service_settings(gateway_main.Settings, "gateway", "", **addresses, **overrides, **(gateway or {}))
+    apps["gateway"] = gateway_main.create_app(settings)
     ports["gateway"] = apps["gateway"].start()
     return Stack(apps, ports)
+
+
+def stop_stack(running: Stack) -> None:
+    """Stops every process of `running` not stopped already (a test may have stopped a backend), edge first."""
+    for name, app in reversed(list(running.apps.items())):
+        if name not in running.stopped:
+            app.stop(0)
+            running.stopped.add(name)
 
 
 @pytest.fixture(scope="module")

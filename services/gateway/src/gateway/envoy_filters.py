@@ -112,7 +112,7 @@ end
 
 function envoy_on_response(handle)
   local marked = handle:streamInfo():dynamicMetadata():get("storeplane")
-  if marked ~= nil and marked["ndjson"] == "1" then
+  if marked ~= nil and marked["ndjson"] == "1" and handle:headers():get(":status") == "200" then
     handle:headers():replace("content-type", "application/x-ndjson")
   end
 end
