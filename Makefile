@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen --all-packages
 PROTOS := $(shell find protos -name '*.proto' 2>/dev/null)
 PYPROJECTS := pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml)
 
-.PHONY: run up test lint proto openapi bench ci seed demo health clean fmt bytecode dev-issuer
+.PHONY: run up test lint proto openapi bench ci seed demo health clean fmt bytecode dev-issuer fuzz
 
 run: bytecode  ## the embedded stack: all five processes in one, SQLite, in-process bus
 	$(RUN) storeplane run
@@ -40,6 +40,9 @@ openapi: .venv/.synced libs/contracts/.generated  ## regenerate docs/openapi.jso
 
 bench: bytecode  ## benchmarks: figures and ratios against a floor measured in the same run
 	$(RUN) python -m benchmarks $(BENCH_ARGS)
+
+fuzz: bytecode  ## schemathesis over every REST operation of /openapi.json, 500 examples each (CI runs 50)
+	SCHEMATHESIS_EXAMPLES=500 $(RUN) pytest -q tests/e2e/test_openapi_fuzz.py
 
 ci: lint test
 

@@ -119,7 +119,50 @@ def local_reply_config() -> dict[str, Any]:
                 },
             }
         )
+    # A request Envoy refuses before any filter has looked at it (a path it cannot normalise, say) carries no marker:
+    # when it is no gRPC call, its refusal reads as the others.
+    not_grpc = {
+        "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}, "invert_match": True}
+    }
+    mappers.append(
+        {
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        _status_is(400),
+                        {
+                            "or_filter": {
+                                "filters": [
+                                    {"header_filter": not_grpc},
+                                    {"header_filter": {"header": {"name": "content-type", "present_match": False}}},
+                                ]
+                            }
+                        },
+                    ]
+                }
+            },
+            "body_format_override": _status_body(code_pb2.INVALID_ARGUMENT, "MALFORMED_REQUEST"),
+        }
+    )
     return {"mappers": mappers}
+
+
+def _status_body(code: int, reason: str) -> dict[str, Any]:
+    return {
+        "json_format": {
+            "code": code,
+            "message": "%LOCAL_REPLY_BODY%",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": reason,
+                    "domain": DOMAIN,
+                    "metadata": {"details": "%RESPONSE_CODE_DETAILS%"},
+                }
+            ],
+        },
+        "content_type": "application/json",
+    }
 
 
 # What Envoy itself answers a REST client (a body the transcoder cannot read, a path no route has, a backend it cannot
